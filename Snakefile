@@ -1,0 +1,44 @@
+# Parallel sparse autoencoder: images -> whitened patches -> MPI-trained model -> figures.
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# The rules' Python package (math and I/O as plain, unit-tested functions).
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+from sae import SaeError
+from sae.config import validate
+
+
+configfile: "config/config.yaml"
+
+
+envvars:
+    "PATH",
+
+
+try:
+    validate(
+        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+    )
+except SaeError as err:
+    sys.exit(f"error: {err}")
+
+# Rules call the python and mpiexec of the environment Snakemake itself runs in.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/images.smk"
+include: "workflow/rules/patches.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/filters.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/filters.png",

@@ -1,0 +1,35 @@
+import glob
+
+
+def image_files(wildcards):
+    """The image files named by images.source (globs expanded); none for "sample"."""
+    source = config["images"]["source"]
+    if source == "sample":
+        return []
+    files = []
+    for pattern in [source] if isinstance(source, str) else source:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise SaeError(f"config images.source: {pattern!r} matches no files")
+        files.extend(matches)
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise SaeError(f"config images.source: no such file {missing[0]!r}")
+    return files
+
+
+def logged(command):
+    """Shell command with output to the rule's log; on failure its error line also goes to stderr."""
+    return f"({command}) > {{log}} 2>&1 || {{{{ grep -h '^error:' {{log}} >&2; exit 1; }}}}"
+
+
+def train_threads():
+    """Cores to ask for: train.ranks, or for "auto" as many as Snakemake grants."""
+    ranks = config["train"]["ranks"]
+    return 1024 if ranks == "auto" else ranks
+
+
+def train_tasks(wildcards, threads):
+    """MPI ranks: train.ranks as given, or for "auto" the granted cores capped at the CPU count."""
+    ranks = config["train"]["ranks"]
+    return min(threads, os.cpu_count() or 1) if ranks == "auto" else ranks

@@ -1,0 +1,11 @@
+rule filters:
+    input:
+        "results/model.h5",
+    output:
+        "results/filters.png",
+    log:
+        "results/logs/filters.log",
+    conda:
+        "../envs/sae.yaml"
+    shell:
+        logged("python workflow/scripts/plot_filters.py {input} {output}")

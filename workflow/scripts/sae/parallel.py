@@ -1,0 +1,97 @@
+"""Everything MPI: shards of fixed blocks, and the distributed objective.
+
+Every rank holds the whole model and the rows of its own blocks. Rank 0 runs
+the optimizer; each evaluation is one Bcast of the parameters (with a command
+word: evaluate or stop) and one Reduce of the fixed-size buffer of exact block
+sums, both uppercase, buffer-based collectives on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .objective import BlockKernel, block_ranges, finish, n_params
+
+EVALUATE, STOP = 1.0, 0.0
+
+
+def shard(n: int, block_size: int, rank: int, size: int):
+    """(first_block, stop_block, first_row, stop_row) of a rank: whole blocks, as even as can be."""
+    blocks = -(-n // block_size)
+    b0, b1 = blocks * rank // size, blocks * (rank + 1) // size
+    return b0, b1, min(b0 * block_size, n), min(b1 * block_size, n)
+
+
+class DistributedObjective:
+    """J(theta) and its gradient over all ranks' patches, for rank 0's optimizer.
+
+    x1: this rank's rows (with the bias column, see objective.with_bias_column),
+    starting at global block ``first_block``. Times spent in local compute and
+    in collectives (waiting included) are kept per rank.
+    """
+
+    def __init__(self, comm, x1, first_block, n_total, h, block_size, rho, lam, beta):
+        self.comm, self.x1, self.n_total, self.h = comm, x1, n_total, h
+        self.v = x1.shape[1] - 1
+        self.hyper = (rho, lam, beta)
+        self.kernel = BlockKernel(self.v, h, block_size)
+        offset = first_block * block_size
+        blocks = block_ranges(offset + len(x1), block_size, first_block)
+        self.ranges = [(a - offset, b - offset) for a, b in blocks]
+        local_max = np.array([np.abs(x1[:, : self.v]).max() if len(x1) else 0.0])
+        self.xmax = np.empty(1)
+        comm.Allreduce(local_max, self.xmax, op=MPI.MAX)
+        self.message = np.empty(n_params(self.v, h) + 1)  # theta, then the command
+        self.units = np.empty(self.kernel.sums.size)
+        self.totals = np.empty_like(self.units) if comm.rank == 0 else None
+        self.compute_seconds = self.comm_seconds = 0.0
+        self.evaluations = 0
+
+    def _local_sums(self):
+        start = time.perf_counter()
+        step = self.kernel.set_params(self.message[:-1], self.n_total, self.xmax[0])
+        self.units[:] = 0.0
+        for a, b in self.ranges:
+            self.kernel.accumulate(self.x1[a:b], self.units)
+        self.compute_seconds += time.perf_counter() - start
+        self.evaluations += 1
+        return step
+
+    def _collective(self, call, *args, **kwargs):
+        start = time.perf_counter()
+        call(*args, **kwargs)
+        self.comm_seconds += time.perf_counter() - start
+
+    def __call__(self, theta):
+        """Rank 0: evaluate at theta on all ranks; returns (cost, gradient)."""
+        self.message[:-1] = theta
+        self.message[-1] = EVALUATE
+        self._collective(self.comm.Bcast, self.message, root=0)
+        step = self._local_sums()
+        self._collective(self.comm.Reduce, self.units, self.totals, op=MPI.SUM, root=0)
+        return finish(self.totals * step, self.message[:-1], self.n_total, self.v, self.h, *self.hyper)
+
+    def serve(self) -> None:
+        """Ranks other than 0: evaluate whenever rank 0 asks, until it says stop."""
+        while True:
+            self._collective(self.comm.Bcast, self.message, root=0)
+            if self.message[-1] == STOP:
+                return
+            self._local_sums()
+            self._collective(self.comm.Reduce, self.units, None, op=MPI.SUM, root=0)
+
+    def stop(self) -> None:
+        """Rank 0: release the serving ranks."""
+        self.message[-1] = STOP
+        self._collective(self.comm.Bcast, self.message, root=0)
+
+
+def gather_seconds(comm, values) -> np.ndarray | None:
+    """Per-rank timing values gathered on rank 0 as a (ranks, k) array."""
+    mine = np.asarray(values, dtype=np.float64)
+    out = np.empty((comm.size, len(mine))) if comm.rank == 0 else None
+    comm.Gather(mine, out, root=0)
+    return out

@@ -1,0 +1,127 @@
+"""Training: read this rank's shard, run L-BFGS on rank 0, write the model."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from scipy.optimize import minimize
+
+from . import h5io
+from .objective import initial_theta, unpack
+from .parallel import DistributedObjective, gather_seconds, shard
+
+log = logging.getLogger("sae.train")
+
+HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size")
+
+
+def fit(objective, theta0: np.ndarray, iterations: int):
+    """L-BFGS-B from theta0 for at most ``iterations`` iterations (rank 0).
+
+    Returns (theta, history rows (cost, grad_norm, seconds), scipy's result).
+    """
+    last = {}
+    history = []
+    start = time.perf_counter()
+
+    def fun(theta):
+        cost, grad = objective(theta)
+        last.update(theta=theta.copy(), cost=cost, grad_norm=float(np.linalg.norm(grad)))
+        return cost, grad
+
+    def callback(intermediate_result):
+        if not np.array_equal(intermediate_result.x, last["theta"]):
+            fun(intermediate_result.x)
+        row = (last["cost"], last["grad_norm"], time.perf_counter() - start)
+        history.append(row)
+        log.info(
+            "iteration %4d/%d  cost %.6f  |grad| %.3e  evaluations %d  %.2f s",
+            len(history),
+            iterations,
+            *row[:2],
+            objective.evaluations,
+            row[2],
+        )
+
+    result = minimize(
+        fun, theta0, jac=True, method="L-BFGS-B", callback=callback, options={"maxiter": iterations}
+    )
+    return result.x, np.array(history, dtype=np.float64).reshape(-1, 3), result
+
+
+def run(comm, patches_path, model_path, hp: dict, side: int, cores_granted: int | None = None) -> None:
+    """Train on all ranks of ``comm``; rank 0 writes ``model_path``.
+
+    hp: the HYPERPARAMETERS. Raises SaeError (on every rank alike) for a bad
+    patches file, before any training.
+    """
+    wall_start = time.perf_counter()
+    n_total, attrs = h5io.patches_info(patches_path, side)
+    v, h, block = side * side, hp["hidden"], hp["block_size"]
+    first_block, _, first_row, stop_row = shard(n_total, block, comm.rank, comm.size)
+
+    if comm.rank == 0:
+        note = ""
+        if cores_granted is not None and cores_granted > comm.size:
+            note = f" (Snakemake granted {cores_granted} cores; capped at this machine's CPUs)"
+        log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
+    x1 = np.empty((stop_row - first_row, v + 1))
+    h5io.read_rows(patches_path, first_row, stop_row, x1)
+    x1[:, -1] = 1.0
+    load_seconds = time.perf_counter() - wall_start
+    log.debug("rank %d: rows [%d, %d) loaded in %.2f s", comm.rank, first_row, stop_row, load_seconds)
+
+    objective = DistributedObjective(
+        comm, x1, first_block, n_total, h, block, hp["rho"], hp["lambda"], hp["beta"]
+    )
+    comm.Barrier()
+    loop_start = time.perf_counter()
+    if comm.rank == 0:
+        theta0 = initial_theta(v, h, np.random.default_rng(hp["seed"]))
+        try:
+            theta, history, result = fit(objective, theta0, hp["iterations"])
+        finally:
+            objective.stop()
+    else:
+        objective.serve()
+    loop_seconds = time.perf_counter() - loop_start
+    seconds = gather_seconds(
+        comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds]
+    )
+    if comm.rank != 0:
+        return
+
+    log.info("stopped after %d iterations: %s", result.nit, result.message)
+    w1, w2, b1, b2 = unpack(theta, v, h)
+    timing = {
+        "load_seconds_max": seconds[:, 0].max(),
+        "compute_seconds_max": seconds[:, 2].max(),
+        "compute_seconds_mean": seconds[:, 2].mean(),
+        "comm_seconds_max": seconds[:, 3].max(),
+        "comm_seconds_mean": seconds[:, 3].mean(),
+        "optimizer_seconds": loop_seconds - seconds[0, 2] - seconds[0, 3],
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
+    model_attrs = {
+        **{k: hp[k] for k in HYPERPARAMETERS},
+        "max_iterations": hp["iterations"],
+        "iterations": result.nit,
+        "cost": result.fun,
+        "evaluations": objective.evaluations,
+        "ranks": comm.size,
+        "train_seconds": loop_seconds,
+        "side": side,
+        "samples": n_total,
+        "patches_seed": attrs.get("seed", -1),
+        **timing,
+    }
+    h5io.write_model(model_path, {"W1": w1, "W2": w2, "b1": b1, "b2": b2}, history, model_attrs)
+    log.info(
+        "cost %.6f after %d evaluations; loop %.2f s; wrote %s",
+        result.fun,
+        objective.evaluations,
+        loop_seconds,
+        model_path,
+    )

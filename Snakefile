@@ -20,10 +20,14 @@ envvars:
     "PATH",
 
 
+include: "workflow/rules/common.smk"
+
+
 try:
     validate(
         config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
     )
+    IMAGE_FILES = image_files()
 except SaeError as err:
     sys.exit(f"error: {err}")
 
@@ -31,7 +35,6 @@ except SaeError as err:
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/train.smk"

@@ -1,7 +1,7 @@
 import glob
 
 
-def image_files(wildcards):
+def image_files():
     """The image files named by images.source (globs expanded); none for "sample"."""
     source = config["images"]["source"]
     if source == "sample":

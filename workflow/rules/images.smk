@@ -1,6 +1,6 @@
 rule images:
     input:
-        image_files,
+        IMAGE_FILES,
     output:
         "results/images.h5",
     log:

@@ -15,6 +15,7 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 
 from mpi4py import MPI  # noqa: E402
+
 from sae import SaeError, cli, train  # noqa: E402
 
 COMM = MPI.COMM_WORLD
@@ -45,14 +46,13 @@ def body():
     }
     try:
         train.run(COMM, args.patches, args.out, hp, args.side, args.cores_granted)
-    except Exception as err:
+    except (SaeError, SystemExit):
+        raise  # raised on every rank alike (see parallel.agree): all leave together
+    except Exception:
         if COMM.size == 1:
             raise
-        # A failure on any rank must not leave the others waiting in a collective.
-        if isinstance(err, SaeError):
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        else:
-            traceback.print_exc()
+        # An unexpected failure on one rank must not leave the others waiting in a collective.
+        traceback.print_exc()
         sys.stderr.flush()
         COMM.Abort(1)
 

@@ -22,6 +22,5 @@ def main(body, quiet: bool = False) -> None:
     try:
         body()
     except SaeError as err:
-        if not quiet:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)

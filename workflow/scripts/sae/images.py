@@ -94,7 +94,8 @@ def read_file(path) -> list[np.ndarray]:
     except FileNotFoundError:
         raise SaeError(f"{path}: no such file") from None
     except Exception as err:  # every reader has its own errors for a bad file
-        raise SaeError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise SaeError(f"{path}: cannot read image ({type(err).__name__}: {first_line})") from None
     if stack.ndim != 3:
         raise SaeError(f"{path}: expected a 2-D image or an H x W x K stack, got shape {stack.shape}")
     return [np.asarray(stack[:, :, k], dtype=np.float64) for k in range(stack.shape[2])]

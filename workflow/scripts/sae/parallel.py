@@ -13,6 +13,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from . import SaeError
 from .objective import BlockKernel, block_ranges, finish, n_params
 
 EVALUATE, STOP = 1.0, 0.0
@@ -87,6 +88,27 @@ class DistributedObjective:
         """Rank 0: release the serving ranks."""
         self.message[-1] = STOP
         self._collective(self.comm.Bcast, self.message, root=0)
+
+
+def agree(comm, task, *args):
+    """Run ``task(*args)`` on every rank; if it raises SaeError on any, all ranks stop.
+
+    The lowest failing rank raises its SaeError (one line to report), the
+    others SystemExit(1), so every rank leaves together and none waits in a
+    collective. Returns the task's result.
+    """
+    try:
+        result, error = task(*args), None
+    except SaeError as err:
+        result, error = None, err
+    mine = np.array([comm.rank if error else comm.size])
+    first = np.empty(1, dtype=mine.dtype)
+    comm.Allreduce(mine, first, op=MPI.MIN)
+    if first[0] == comm.size:
+        return result
+    if comm.rank == first[0]:
+        raise error
+    raise SystemExit(1)
 
 
 def gather_seconds(comm, values) -> np.ndarray | None:

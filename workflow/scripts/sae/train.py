@@ -10,7 +10,7 @@ from scipy.optimize import minimize
 
 from . import h5io
 from .objective import initial_theta, unpack
-from .parallel import DistributedObjective, gather_seconds, shard
+from .parallel import DistributedObjective, agree, gather_seconds, shard
 
 log = logging.getLogger("sae.train")
 
@@ -51,6 +51,19 @@ def fit(objective, theta0: np.ndarray, iterations: int):
     return result.x, np.array(history, dtype=np.float64).reshape(-1, 3), result
 
 
+def load_shard(comm, patches_path, side: int, block_size: int):
+    """This rank's rows of whole blocks, read as one hyperslab: (x1, first_block, n_total).
+
+    x1 has the bias column (see objective.with_bias_column).
+    """
+    n_total, _ = h5io.patches_info(patches_path, side)
+    first_block, _, first_row, stop_row = shard(n_total, block_size, comm.rank, comm.size)
+    x1 = np.empty((stop_row - first_row, side * side + 1))
+    h5io.read_rows(patches_path, first_row, stop_row, x1)
+    x1[:, -1] = 1.0
+    return x1, first_block, n_total
+
+
 def run(comm, patches_path, model_path, hp: dict, side: int, cores_granted: int | None = None) -> None:
     """Train on all ranks of ``comm``; rank 0 writes ``model_path``.
 
@@ -58,20 +71,14 @@ def run(comm, patches_path, model_path, hp: dict, side: int, cores_granted: int 
     patches file, before any training.
     """
     wall_start = time.perf_counter()
-    n_total, attrs = h5io.patches_info(patches_path, side)
     v, h, block = side * side, hp["hidden"], hp["block_size"]
-    first_block, _, first_row, stop_row = shard(n_total, block, comm.rank, comm.size)
-
+    x1, first_block, n_total = agree(comm, load_shard, comm, patches_path, side, block)
+    load_seconds = time.perf_counter() - wall_start
     if comm.rank == 0:
         note = ""
         if cores_granted is not None and cores_granted > comm.size:
             note = f" (Snakemake granted {cores_granted} cores; capped at this machine's CPUs)"
         log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
-    x1 = np.empty((stop_row - first_row, v + 1))
-    h5io.read_rows(patches_path, first_row, stop_row, x1)
-    x1[:, -1] = 1.0
-    load_seconds = time.perf_counter() - wall_start
-    log.debug("rank %d: rows [%d, %d) loaded in %.2f s", comm.rank, first_row, stop_row, load_seconds)
 
     objective = DistributedObjective(
         comm, x1, first_block, n_total, h, block, hp["rho"], hp["lambda"], hp["beta"]
@@ -114,7 +121,6 @@ def run(comm, patches_path, model_path, hp: dict, side: int, cores_granted: int 
         "train_seconds": loop_seconds,
         "side": side,
         "samples": n_total,
-        "patches_seed": attrs.get("seed", -1),
         **timing,
     }
     h5io.write_model(model_path, {"W1": w1, "W2": w2, "b1": b1, "b2": b2}, history, model_attrs)

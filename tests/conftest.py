@@ -1,0 +1,86 @@
+"""Shared helpers: the package on sys.path, real MPI launches, a workflow copy."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "workflow" / "scripts"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(SCRIPTS))
+
+from sae import h5io, patches  # noqa: E402
+
+
+def env():
+    """The environment for child processes: this interpreter's bin first."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(cmd, cwd=REPO, check=True, timeout=600):
+    """Run a command, returning the CompletedProcess (text output)."""
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def mpirun(ranks, script, *args, **kwargs):
+    """Run a Python script on ``ranks`` real MPI processes."""
+    mpiexec = shutil.which("mpiexec", path=env()["PATH"])
+    return run([mpiexec, "-n", ranks, sys.executable, script, *args], **kwargs)
+
+
+def train_args(patches_path, model_path, iterations=15, hidden=25, side=8, block_size=128):
+    return [
+        SCRIPTS / "train_model.py",
+        patches_path,
+        model_path,
+        "--side", side, "--hidden", hidden, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
+        "--iterations", iterations, "--seed", 0, "--block-size", block_size,
+    ]  # fmt: skip
+
+
+def smooth_images(count=3, size=64, seed=0):
+    """Small images with natural-ish structure: smoothed noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        img = rng.normal(size=(size, size))
+        for axis in (0, 1):
+            img = (img + np.roll(img, 1, axis) + np.roll(img, 2, axis)) / 3
+        out.append(img)
+    return out
+
+
+def make_patches_file(path, count, side=8, seed=0):
+    """A real patches.h5 sampled from small synthetic images."""
+    data = patches.sample(smooth_images(), count, side, seed)
+    sigma = patches.normalize(data)
+    h5io.write_patches(path, data, {"seed": seed, "side": side, "count": count, "sigma": sigma})
+    return path
+
+
+@pytest.fixture(scope="session")
+def patches_1001(tmp_path_factory):
+    """1001 patches: not divisible by the block size, nor by 2 or 3 ranks' blocks."""
+    return make_patches_file(tmp_path_factory.mktemp("data") / "patches.h5", 1001)
+
+
+@pytest.fixture
+def workflow_copy(tmp_path):
+    """A temporary copy of the workflow (Snakefile, workflow/, config/) to run Snakemake in."""
+    for name in ("Snakefile", "workflow", "config"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, tmp_path / name)
+    return tmp_path

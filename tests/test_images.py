@@ -1,0 +1,94 @@
+"""Image loading, checks and whitening."""
+
+import numpy as np
+import pytest
+import scipy.io
+from skimage.io import imsave
+
+from conftest import smooth_images
+from sae import SaeError, h5io, images
+
+
+def test_sample_images_are_ten_512_grayscale_photographs():
+    imgs, names, digests = images.sample_images()
+    assert len(imgs) == 10 and len(set(names)) == 10
+    assert all(img.shape == (512, 512) and img.dtype == np.float64 for img in imgs)
+    assert all(len(d) == 64 for d in digests)
+    assert all(img.std() > 0.01 for img in imgs)
+
+
+def test_whitening_flattens_the_spectrum_and_fixes_the_variance():
+    rng = np.random.default_rng(0)
+    # 1/f noise: the amplitude spectrum of natural images.
+    f = np.hypot(np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :])
+    f[0, 0] = 1
+    img = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(256, 256))) / f))
+    out = images.whiten(img)
+    assert out.var() == pytest.approx(images.VARIANCE)
+    assert abs(out.mean()) < 1e-12
+
+    def band_power(a, lo, hi):
+        p = np.abs(np.fft.fft2(a)) ** 2
+        return p[(f >= lo) & (f < hi)].mean()
+
+    # Before: low frequencies dominate; after: flat up to the roll-off near f0.
+    ratio_before = band_power(img, 0.02, 0.05) / band_power(img, 0.2, 0.3)
+    ratio_after = band_power(out, 0.02, 0.05) / band_power(out, 0.2, 0.3)
+    assert ratio_before > 20 and ratio_after < 2
+
+
+def test_reads_png_rgb_npy_stack_and_mat(tmp_path):
+    gray = (np.linspace(0, 255, 40 * 30).reshape(40, 30)).astype(np.uint8)
+    imsave(tmp_path / "g.png", gray, check_contrast=False)
+    rgb = np.stack([gray, gray // 2, 255 - gray], axis=2)
+    imsave(tmp_path / "c.jpg", rgb, check_contrast=False)
+    stack = np.stack(smooth_images(3, 32), axis=2)
+    np.save(tmp_path / "s.npy", stack)
+    scipy.io.savemat(tmp_path / "IMAGES.mat", {"IMAGES": stack})
+
+    imgs, names, digests = images.load_files(
+        [tmp_path / "g.png", tmp_path / "c.jpg", tmp_path / "s.npy", tmp_path / "IMAGES.mat"]
+    )
+    assert [img.shape for img in imgs] == [(40, 30), (40, 30)] + [(32, 32)] * 6
+    np.testing.assert_allclose(imgs[0], gray / 255)
+    np.testing.assert_array_equal(imgs[2], stack[:, :, 0])
+    np.testing.assert_array_equal(imgs[7], stack[:, :, 2])
+    assert names[2].endswith("s.npy[0]") and digests[2] == digests[4] != digests[5]
+
+
+def test_h5_roundtrip_keeps_names_and_digests(tmp_path):
+    imgs = smooth_images(2, 16)
+    h5io.write_images(tmp_path / "i.h5", imgs, ["a", "b"], ["0" * 64, "1" * 64], True, 0.1)
+    back, names, digests = h5io.read_images(tmp_path / "i.h5")
+    assert names == ["a", "b"] and digests == ["0" * 64, "1" * 64]
+    np.testing.assert_array_equal(back[1], imgs[1])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n not really a png"), "cannot read image"),
+        (lambda p: p.write_bytes(b""), "cannot read image"),
+    ],
+)
+def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(SaeError, match=message) as err:
+        images.load([path], whitened=True)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.full((20, 20), np.nan), "NaN or Inf"),
+        (np.where(np.eye(20) > 0, np.inf, 1.0), "NaN or Inf"),
+        (np.full((20, 20), 3.0), "constant"),
+    ],
+)
+def test_bad_pixels_are_refused(tmp_path, pixels, message):
+    np.save(tmp_path / "x.npy", pixels)
+    with pytest.raises(SaeError, match=message):
+        images.load([tmp_path / "x.npy"], whitened=False)

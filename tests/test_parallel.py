@@ -1,0 +1,35 @@
+"""The MPI layer: shards, and the reduced objective on real MPI processes."""
+
+import itertools
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, mpirun
+from sae import objective, parallel
+
+
+@pytest.mark.parametrize(("n", "block", "size"), [(1001, 128, 3), (1000, 100, 4), (10, 4, 5), (5, 8, 2)])
+def test_shards_are_whole_blocks_covering_every_row_once(n, block, size):
+    shards = [parallel.shard(n, block, r, size) for r in range(size)]
+    rows = [s[2:] for s in shards]
+    assert rows[0][0] == 0 and rows[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+    assert all(start % block == 0 for start, _ in rows)
+    blocks = [s[1] - s[0] for s in shards]
+    assert max(blocks) - min(blocks) <= 1  # as even as whole blocks allow
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_reduced_cost_and_gradient_equal_the_single_process_ones(tmp_path, patches_1001, ranks):
+    out = tmp_path / "eval.npz"
+    mpirun(ranks, REPO / "tests" / "mpi_objective.py", patches_1001, out, 128)
+    got = np.load(out)
+    with h5py.File(patches_1001) as f:
+        x = f["patches"][()]
+    theta = objective.initial_theta(64, 25, np.random.default_rng(5))
+    cost, grad = objective.evaluate(theta, x, 25, 0.01, 1e-4, 3.0, 128)
+    assert float(got["cost"]) == cost  # bit for bit, not approximately
+    assert np.array_equal(got["grad"], grad)
+    assert 0 < int(got["rows"]) < 1001 and int(got["evaluations"]) == 1

@@ -1,0 +1,154 @@
+"""The Snakemake workflow end to end, in a temporary copy: outputs, caching, bad input."""
+
+import shutil
+import sys
+
+import h5py
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, run, smooth_images
+
+SMALL = {"patches": {"count": 2000}, "train": {"iterations": 30, "ranks": 2}}
+
+
+def snakemake(folder, *args, check=True):
+    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
+
+
+def write_config(folder, name, overrides):
+    """A config file: the small test config updated with ``overrides`` (nested dicts)."""
+    config = yaml.safe_load((folder / "config" / "config.yaml").read_text())
+    for section, values in [*SMALL.items(), *overrides.items()]:
+        config.setdefault(section, {}).update(values)
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def planned_jobs(folder, config):
+    """The rules a dry run would execute, from Snakemake's job table."""
+    out = snakemake(folder, "results/filters.png", "-n", "--configfile", config).stdout
+    if "Nothing to be done" in out:
+        return set()
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One full run of the small config with `snakemake --cores 2`."""
+    folder = tmp_path_factory.mktemp("wf")
+    for name in ("Snakefile", "workflow", "config"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
+    config = write_config(folder, "small.yaml", {})
+    proc = snakemake(folder, "results/filters.png", "--cores", "2", "--configfile", config)
+    return folder, config, proc
+
+
+def test_end_to_end_outputs(pipeline):
+    folder, _, _ = pipeline
+    results = folder / "results"
+    with h5py.File(results / "images.h5") as f:
+        assert len(f["images"]) == 10 and f.attrs["whitened"]
+    with h5py.File(results / "patches.h5") as f:
+        assert f["patches"].shape == (2000, 64) and f["patches"].chunks[1] == 64
+        assert f.attrs["seed"] == 0 and f.attrs["side"] == 8 and f.attrs["sigma"] > 0
+        assert len(f.attrs["sources"]) == 10 and len(f.attrs["sha256"]) == 10
+    with h5py.File(results / "model.h5") as f:
+        assert f.attrs["ranks"] == 2 and f.attrs["iterations"] == 30 and f["W1"].shape == (25, 64)
+    log = (results / "logs" / "train.log").read_text()
+    assert "iteration   30/30" in log
+    assert not list(results.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_filters_png_has_the_expected_grid(pipeline):
+    folder, _, _ = pipeline
+    png = matplotlib.image.imread(folder / "results" / "filters.png")
+    # 25 tiles of 8 px in a 5 x 5 grid with 1 px borders: 46 px, upscaled x9 = 414 px.
+    assert png.shape[:2] == (414, 414)
+    gray = png[..., 0]
+    assert np.array_equal(gray, png[..., 1])
+    # Border lines are black; each tile spans the full gray range (scaled by its own max |w|).
+    assert np.all(gray[:9, :] == 0) and np.all(gray[:, 9 * 9 : 9 * 10] == 0)
+    for r in range(5):
+        for c in range(5):
+            tile = gray[9 * (1 + 9 * r) : 9 * (9 + 9 * r), 9 * (1 + 9 * c) : 9 * (9 + 9 * c)]
+            assert tile.max() - tile.min() > 0.4
+
+
+def test_nothing_changed_runs_nothing(pipeline):
+    folder, config, _ = pipeline
+    assert planned_jobs(folder, config) == set()
+
+
+def test_changing_beta_reruns_training_and_filters_only(pipeline):
+    folder, _, _ = pipeline
+    config = write_config(folder, "beta.yaml", {"train": {"beta": 2.0, "iterations": 30, "ranks": 2}})
+    assert planned_jobs(folder, config) == {"train", "filters"}
+
+
+def test_changing_count_reruns_patches_training_and_filters(pipeline):
+    folder, _, _ = pipeline
+    config = write_config(folder, "count.yaml", {"patches": {"count": 3000}})
+    assert planned_jobs(folder, config) == {"patches", "train", "filters"}
+
+
+def test_changing_only_the_rank_count_reruns_nothing(pipeline):
+    """The model does not depend on the rank count, so neither does the cache."""
+    folder, _, _ = pipeline
+    config = write_config(folder, "ranks.yaml", {"train": {"iterations": 30, "ranks": 3}})
+    assert planned_jobs(folder, config) == set()
+
+
+BAD_CONFIGS = [
+    ({"train": {"rho": 0.0}}, "train.rho"),
+    ({"train": {"rho": 1.0}}, "train.rho"),
+    ({"train": {"lambda": -1e-4}}, "train.lambda"),
+    ({"train": {"beta": -3}}, "train.beta"),
+    ({"train": {"hidden": 0}}, "train.hidden"),
+    ({"patches": {"count": 0}}, "patches.count"),
+    ({"train": {"ranks": 0}}, "train.ranks"),
+    ({"train": {"ranks": "many"}}, "train.ranks"),
+    ({"train": {"learning_rate": 0.1}}, "'learning_rate' was unexpected"),
+    ({"colour": {"x": 1}}, "'colour' was unexpected"),
+    ({"images": {"source": ["nowhere/*.png"]}}, "matches no files"),
+    ({"images": {"source": ["missing.png"]}}, "no such file 'missing.png'"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "names"), BAD_CONFIGS)
+def test_bad_config_is_one_line_naming_the_key(workflow_copy, overrides, names):
+    config = write_config(workflow_copy, "bad.yaml", overrides)
+    proc = snakemake(workflow_copy, "-n", "--configfile", config, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and names in errors[0]
+    assert not (workflow_copy / "results").exists()
+
+
+BAD_DATA = [
+    ("nan.npy", lambda p: np.save(p, np.where(np.eye(32) > 0, np.nan, 1.0)), "NaN or Inf"),
+    ("flat.npy", lambda p: np.save(p, np.full((32, 32), 0.5)), "image is constant"),
+    ("broken.png", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\ngarbage"), "cannot read image"),
+    ("small.npy", lambda p: np.save(p, smooth_images(1, 6)[0]), "larger than the smallest image"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "message"), BAD_DATA)
+def test_bad_image_data_fails_before_training_with_nothing_written(workflow_copy, name, make, message):
+    make(workflow_copy / name)
+    np.save(workflow_copy / "good.npy", smooth_images(1, 32)[0])
+    config = write_config(workflow_copy, "bad.yaml", {"images": {"source": ["good.npy", name]}})
+    proc = snakemake(workflow_copy, "--cores", "2", "--configfile", config, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    results = workflow_copy / "results"
+    assert not (results / "model.h5").exists() and not (results / "patches.h5").exists()
+    assert not [p for p in results.iterdir() if ".tmp" in p.name]
+    # Image checks fail in the first stage; the side check needs patches.side, in the second.
+    assert (results / "images.h5").exists() == (name == "small.npy")

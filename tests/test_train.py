@@ -104,3 +104,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_samples_trains_on_the_first_rows_only(tmp_path, patches_1001):
+    """--samples N on a larger file = training on a file of exactly those N rows."""
+    with h5py.File(patches_1001) as f:
+        first = f["patches"][:600]
+    h5io.write_patches(tmp_path / "first.h5", first, {})
+    mpirun(2, *train_args(patches_1001, tmp_path / "a.h5", iterations=5), "--samples", 600)
+    mpirun(1, *train_args(tmp_path / "first.h5", tmp_path / "b.h5", iterations=5))
+    a, attrs = read(tmp_path / "a.h5")
+    assert np.array_equal(a["W1"], read(tmp_path / "b.h5")[0]["W1"]) and attrs["samples"] == 600
+    proc = mpirun(2, *train_args(patches_1001, tmp_path / "c.h5"), "--samples", 2000, check=False)
+    assert proc.returncode != 0 and "2000 samples requested, the file has 1001" in proc.stderr

@@ -33,6 +33,7 @@ def body():
     parser.add_argument("--iterations", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--block-size", type=int, required=True)
+    parser.add_argument("--samples", type=int, help="train on the first SAMPLES rows only")
     parser.add_argument("--cores-granted", type=int, help="cores Snakemake granted (for the log)")
     args = parser.parse_args()
     hp = {
@@ -45,7 +46,7 @@ def body():
         "block_size": args.block_size,
     }
     try:
-        train.run(COMM, args.patches, args.out, hp, args.side, args.cores_granted)
+        train.run(COMM, args.patches, args.out, hp, args.side, args.samples, args.cores_granted)
     except (SaeError, SystemExit):
         raise  # raised on every rank alike (see parallel.agree): all leave together
     except Exception:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from . import h5io
+from . import SaeError, h5io
 from .objective import initial_theta, unpack
 from .parallel import DistributedObjective, agree, gather_seconds, shard
 
@@ -51,12 +51,20 @@ def fit(objective, theta0: np.ndarray, iterations: int):
     return result.x, np.array(history, dtype=np.float64).reshape(-1, 3), result
 
 
-def load_shard(comm, patches_path, side: int, block_size: int):
+TIMINGS = ("load", "loop", "compute", "comm")
+
+
+def load_shard(comm, patches_path, side: int, block_size: int, samples: int | None = None):
     """This rank's rows of whole blocks, read as one hyperslab: (x1, first_block, n_total).
 
+    samples: train on the first ``samples`` rows only (all rows if None).
     x1 has the bias column (see objective.with_bias_column).
     """
     n_total, _ = h5io.patches_info(patches_path, side)
+    if samples is not None:
+        if samples > n_total:
+            raise SaeError(f"{patches_path}: {samples} samples requested, the file has {n_total}")
+        n_total = samples
     first_block, _, first_row, stop_row = shard(n_total, block_size, comm.rank, comm.size)
     x1 = np.empty((stop_row - first_row, side * side + 1))
     h5io.read_rows(patches_path, first_row, stop_row, x1)
@@ -64,15 +72,24 @@ def load_shard(comm, patches_path, side: int, block_size: int):
     return x1, first_block, n_total
 
 
-def run(comm, patches_path, model_path, hp: dict, side: int, cores_granted: int | None = None) -> None:
+def run(
+    comm,
+    patches_path,
+    model_path,
+    hp: dict,
+    side: int,
+    samples: int | None = None,
+    cores_granted: int | None = None,
+) -> None:
     """Train on all ranks of ``comm``; rank 0 writes ``model_path``.
 
-    hp: the HYPERPARAMETERS. Raises SaeError (on every rank alike) for a bad
-    patches file, before any training.
+    hp: the HYPERPARAMETERS. samples: use only the first rows of the file.
+    Raises SaeError (on every rank alike) for a bad patches file, before any
+    training.
     """
     wall_start = time.perf_counter()
     v, h, block = side * side, hp["hidden"], hp["block_size"]
-    x1, first_block, n_total = agree(comm, load_shard, comm, patches_path, side, block)
+    x1, first_block, n_total = agree(comm, load_shard, comm, patches_path, side, block, samples)
     load_seconds = time.perf_counter() - wall_start
     if comm.rank == 0:
         note = ""
@@ -96,18 +113,15 @@ def run(comm, patches_path, model_path, hp: dict, side: int, cores_granted: int 
     loop_seconds = time.perf_counter() - loop_start
     seconds = gather_seconds(
         comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds]
-    )
+    )  # columns: TIMINGS
     if comm.rank != 0:
         return
 
     log.info("stopped after %d iterations: %s", result.nit, result.message)
     w1, w2, b1, b2 = unpack(theta, v, h)
     timing = {
-        "load_seconds_max": seconds[:, 0].max(),
-        "compute_seconds_max": seconds[:, 2].max(),
-        "compute_seconds_mean": seconds[:, 2].mean(),
-        "comm_seconds_max": seconds[:, 3].max(),
-        "comm_seconds_mean": seconds[:, 3].mean(),
+        **{f"{name}_seconds_max": seconds[:, i].max() for i, name in enumerate(TIMINGS)},
+        **{f"{name}_seconds_mean": seconds[:, i].mean() for i, name in enumerate(TIMINGS)},
         "optimizer_seconds": loop_seconds - seconds[0, 2] - seconds[0, 3],
         "wall_seconds": time.perf_counter() - wall_start,
     }

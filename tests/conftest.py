@@ -38,13 +38,13 @@ def mpirun(ranks, script, *args, **kwargs):
     return run([mpiexec, "-n", ranks, sys.executable, script, *args], **kwargs)
 
 
-def train_args(patches_path, model_path, iterations=15, hidden=25, side=8, block_size=128):
+def train_args(patches_path, model_path, iterations=15, hidden=25, block_size=128, precision="float64"):
     return [
         SCRIPTS / "train_model.py",
         patches_path,
         model_path,
-        "--side", side, "--hidden", hidden, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
-        "--iterations", iterations, "--seed", 0, "--block-size", block_size,
+        "--side", 8, "--hidden", hidden, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
+        "--iterations", iterations, "--seed", 0, "--block-size", block_size, "--precision", precision,
     ]  # fmt: skip
 
 

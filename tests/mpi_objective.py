@@ -16,12 +16,13 @@ from sae.train import load_shard
 
 patches_path, out, block = sys.argv[1], sys.argv[2], int(sys.argv[3])
 comm = MPI.COMM_WORLD
-x1, first_block, n_total = load_shard(comm, patches_path, 8, block)
-objective = DistributedObjective(comm, x1, first_block, n_total, 25, block, 0.01, 1e-4, 3.0)
+blocks, n_total = load_shard(comm, patches_path, 8, block)
+objective = DistributedObjective(comm, blocks, n_total, 25, block, 0.01, 1e-4, 3.0)
 if comm.rank == 0:
     theta = initial_theta(64, 25, np.random.default_rng(5))
     cost, grad = objective(theta)
     objective.stop()
-    np.savez(out, cost=cost, grad=grad, rows=len(x1), evaluations=objective.evaluations)
+    rows = sum(b.shape[0] * b.shape[2] for b in blocks)
+    np.savez(out, cost=cost, grad=grad, rows=rows, evaluations=objective.evaluations)
 else:
     objective.serve()

@@ -12,12 +12,11 @@ from sae import objective, parallel
 
 @pytest.mark.parametrize(("n", "block", "size"), [(1001, 128, 3), (1000, 100, 4), (10, 4, 5), (5, 8, 2)])
 def test_shards_are_whole_blocks_covering_every_row_once(n, block, size):
-    shards = [parallel.shard(n, block, r, size) for r in range(size)]
-    rows = [s[2:] for s in shards]
+    rows = [parallel.shard(n, block, r, size) for r in range(size)]
     assert rows[0][0] == 0 and rows[-1][1] == n
     assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
     assert all(start % block == 0 for start, _ in rows)
-    blocks = [s[1] - s[0] for s in shards]
+    blocks = [-(-(b - a) // block) for a, b in rows]
     assert max(blocks) - min(blocks) <= 1  # as even as whole blocks allow
 
 

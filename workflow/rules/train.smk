@@ -20,10 +20,12 @@ rule train:
         iterations=config["train"]["iterations"],
         seed=config["train"]["seed"],
         block_size=config["train"]["block_size"],
+        precision=config["train"]["precision"],
     shell:
         logged(
             "{resources.mpi} -n {resources.tasks} python workflow/scripts/train_model.py {input} {output}"
             " --side {params.side} --hidden {params.hidden} --rho {params.rho} --lambda {params.lam}"
             " --beta {params.beta} --iterations {params.iterations} --seed {params.seed}"
-            " --block-size {params.block_size} --cores-granted {threads}"
+            " --block-size {params.block_size} --precision {params.precision}"
+            " --cores-granted {threads}"
         )

@@ -33,6 +33,7 @@ def body():
     parser.add_argument("--iterations", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--block-size", type=int, required=True)
+    parser.add_argument("--precision", choices=["float32", "float64"], required=True)
     parser.add_argument("--samples", type=int, help="train on the first SAMPLES rows only")
     parser.add_argument("--cores-granted", type=int, help="cores Snakemake granted (for the log)")
     args = parser.parse_args()
@@ -44,6 +45,7 @@ def body():
         "iterations": args.iterations,
         "seed": args.seed,
         "block_size": args.block_size,
+        "precision": args.precision,
     }
     try:
         train.run(COMM, args.patches, args.out, hp, args.side, args.samples, args.cores_granted)

@@ -3,7 +3,7 @@
 images.h5   group ``images``: one 2-D float64 dataset per image, named 000, 001, ...
             with attributes ``name`` and ``sha256`` (of the source file);
             file attributes ``whitened`` and ``variance``.
-patches.h5  dataset ``patches`` (N, side*side) float64, one row per patch, chunked
+patches.h5  dataset ``patches`` (N, side*side) float32, one row per patch, chunked
             by rows; attributes ``seed``, ``side``, ``count``, ``sigma``,
             ``sources``, ``sha256``.
 model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
@@ -79,7 +79,7 @@ def read_images(path):
 def write_patches(path, patches: np.ndarray, attrs: dict) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         chunk = (min(len(patches), ROWS_PER_CHUNK), patches.shape[1])
-        f.create_dataset("patches", data=patches, chunks=chunk)
+        f.create_dataset("patches", data=patches, dtype=np.float32, chunks=chunk)
         f.attrs.update(attrs)
 
 
@@ -98,14 +98,12 @@ def patches_info(path, side: int):
         return ds.shape[0], dict(f.attrs)
 
 
-def read_rows(path, start: int, stop: int, out: np.ndarray) -> None:
-    """Read rows [start, stop) of ``patches`` into out[:, :width] (a hyperslab)."""
+def read_rows(path, start: int, stop: int, piece: int):
+    """Rows [start, stop) of ``patches`` as hyperslabs of at most ``piece`` rows (a generator)."""
     with open_input(path, "patches") as f:
         ds = f["patches"]
-        width = ds.shape[1]
-        for a in range(start, stop, ROWS_PER_CHUNK):
-            b = min(a + ROWS_PER_CHUNK, stop)
-            out[a - start : b - start, :width] = ds[a:b]
+        for a in range(start, stop, piece):
+            yield ds[a : min(a + piece, stop)]
 
 
 def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:

@@ -38,7 +38,7 @@ ranks and in whatever order they are added.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit  # the reference's sigmoid
 
 
 def n_params(v: int, h: int) -> int:
@@ -65,40 +65,54 @@ def initial_theta(v: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([w1, w2, np.zeros(h + v)])
 
 
-def with_bias_column(x: np.ndarray) -> np.ndarray:
-    """Patches (n, v) as (n, v + 1) float64 rows with a trailing 1.
+def to_blocks(x: np.ndarray, block_size: int, dtype=np.float64, out=None):
+    """Patches (n, v) as feature-major blocks with a row of ones: [(k, v+1, B), (1, v+1, r)].
 
-    The extra column turns bias terms into matrix products: x1 @ [W1 b1]^T is
-    W1 x + b1, and sums of delta x1^T carry the bias gradient in their last
-    column.
+    Block j holds patches j*B .. j*B+B-1 as columns, as in Ng's notes; a
+    trailing short block of r = n mod B patches comes as its own array. The
+    row of ones turns biases into matrix products. ``out`` may hold the full
+    blocks' array to fill (for reading a shard in pieces).
     """
-    x1 = np.empty((x.shape[0], x.shape[1] + 1))
-    x1[:, :-1] = x
-    x1[:, -1] = 1.0
-    return x1
+    n, v = x.shape
+    k, r = divmod(n, block_size)
+    full = np.empty((k, v + 1, block_size), dtype=dtype) if out is None else out
+    full[:, :v, :] = x[: k * block_size].reshape(k, block_size, v).transpose(0, 2, 1)
+    full[:, v, :] = 1.0
+    blocks = [full]
+    if r:
+        tail = np.empty((1, v + 1, r), dtype=dtype)
+        tail[0, :v] = x[k * block_size :].T
+        tail[0, v] = 1.0
+        blocks.append(tail)
+    return blocks
 
 
 class Sums:
-    """Layout of one flat buffer holding the per-patch sums of one evaluation.
+    """Layout of the flat buffer of one evaluation's sums over patches.
 
-    G1 (2h, v+1): rows [:h] sum (W2^T delta3 . s) [x, 1]^T, rows [h:] sum s [x, 1]^T
-    G2 (v, h+1):  sum delta3 [a2, 1]^T
-    a2 (h):       sum a2
-    sq (v):       sum (a3 - x)^2, per output unit
+    The kernel works with t = tanh(z2/2) and u = tanh(z3/2), so that
+    a2 = (1 + t)/2, a3 = (1 + u)/2, a2 (1 - a2) = (1 - t^2)/4 and
+    a3 (1 - a3) = (1 - u^2)/4. With d = (a3 - x)(1 - u^2) = 4 delta3,
+    s' = 1 - t^2 = 4 s and b' = (W2^T d) . s' = 16 W2^T delta3 . s:
+
+    G1 (2h, v+1):   rows [:h] sum b' [x, 1]^T, rows [h:] sum s' [x, 1]^T
+    G2 (v+1, h+1):  sum [d, 1] [t, 1]^T  (last row: sum t, and the count)
+    sq (v):         sum (a3 - x)^2, per output unit
+
+    ``finish`` undoes these exact power-of-two scalings.
     """
 
     def __init__(self, v: int, h: int):
         self.v, self.h = v, h
-        shapes = [(2 * h, v + 1), (v, h + 1), (h,), (v,)]
-        self.sizes = [int(np.prod(s)) for s in shapes]
-        self.shapes = shapes
+        self.shapes = [(2 * h, v + 1), (v + 1, h + 1), (v,)]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.size = sum(self.sizes)
 
     def views(self, buf: np.ndarray):
-        """(G1, G2, a2, sq) as views into buf."""
+        """(G1, G2, sq) as views into buf (..., size); leading axes are kept."""
         out, start = [], 0
         for size, shape in zip(self.sizes, self.shapes, strict=True):
-            out.append(buf[start : start + size].reshape(shape))
+            out.append(buf[..., start : start + size].reshape(*buf.shape[:-1], *shape))
             start += size
         return out
 
@@ -106,135 +120,147 @@ class Sums:
         """Power-of-two grid step for every element of the buffer.
 
         Each step is 2**-50 of a bound on the magnitude of that total over all
-        n_total patches (|x| <= xmax, sigmoids in (0, 1)), so any sum of
-        block values rounded onto it stays an exact float64 integer multiple.
+        n_total patches (|x| <= xmax, |t|, |u| < 1), so any sum of block
+        values rounded onto it is an exact float64 multiple of the step.
         """
         xm = max(float(xmax), 1.0)
-        m = float(np.abs(w2).sum(axis=0).max())  # bounds |W2^T delta3| / |delta3|
-        step = np.empty(self.size)
-        g1, g2, a2, sq = self.views(step)
-        h = self.h
-        g1[:h] = 0.0625 * m * (1 + xm) * xm
-        g1[h:] = 0.25 * xm
-        g2[:] = 0.25 * (1 + xm)
-        a2[:] = 1.0
+        m = float(np.abs(w2).sum(axis=0).max())  # |W2^T d| <= m max|d|
+        per_patch = np.empty(self.size)
+        g1, g2, sq = self.views(per_patch)
+        g1[: self.h] = (1 + xm) * m * xm
+        g1[self.h :] = xm
+        g2[:] = 1 + xm
         sq[:] = (1 + xm) ** 2
-        bound = np.maximum(step * n_total, 2.0**-900)
+        bound = np.maximum(per_patch * n_total, 2.0**-900)
         return np.ldexp(1.0, np.frexp(bound)[1] - 50)
 
 
 class BlockKernel:
-    """Partial sums of the objective over blocks of patches, on a fixed grid.
+    """Partial sums of the objective over fixed blocks of patches, on a grid.
 
-    Buffers are allocated once for ``block_size`` rows and reused; call
-    ``set_params`` once per evaluation, then ``accumulate`` for each block.
+    Work goes in chunks of blocks (see ``to_blocks``): every matrix product
+    is a batch of per-block products of one fixed shape, so a block's sums are
+    the same bits whichever rank and chunk it falls in. ``dtype`` is the
+    compute precision (float32 or float64); the grid and the totals are always
+    float64. Buffers are allocated once; call ``set_params`` once per
+    evaluation, then ``accumulate`` for each array of blocks.
     """
 
-    def __init__(self, v: int, h: int, block_size: int):
-        self.v, self.h, self.block_size = v, h, block_size
+    def __init__(self, v: int, h: int, block_size: int, dtype=np.float64, chunk_rows: int = 1024):
+        self.v, self.h, self.block_size, self.dtype = v, h, block_size, np.dtype(dtype)
         self.sums = Sums(v, h)
+        self.chunk_blocks = k = max(1, chunk_rows // block_size)
         b = block_size
-        self.z = np.empty((b, h))
-        self.a2e = np.ones((b, h + 1))  # [a2, 1]
-        self.a3 = np.empty((b, v))
-        self.err = np.empty((b, v))
-        self.d3 = np.empty((b, v))
-        self.bs = np.empty((b, 2 * h))  # [W2^T delta3 . s, s]
-        self.part = np.empty(self.sums.size)
-        self.w1e = np.empty((h, v + 1))  # [W1, b1]
-        self.w2e = np.empty((v, h + 1))  # [W2, b2]
-        self.w2 = np.empty((v, h))
+
+        def buffer(*shape, ones_row=False):
+            out = np.empty(shape, dtype=self.dtype)
+            if ones_row:
+                out[..., -1, :] = 1.0
+            return out
+
+        self.z = buffer(k, h, b)
+        self.te = buffer(k, h + 1, b, ones_row=True)  # [t; 1]
+        self.u = buffer(k, v, b)
+        self.err = buffer(k, v, b)
+        self.de = buffer(k, v + 1, b, ones_row=True)  # [d; 1]
+        self.bs = buffer(k, 2 * h, b)  # [b'; s']
+        self.ones = np.ones((b, 1), dtype=self.dtype)
+        self.parts = buffer(k, self.sums.size)  # one row of sums per block
+        self.rounded = np.empty((k, self.sums.size))
+        self.w1h = buffer(h, v + 1)
+        self.w2h = buffer(v, h + 1)
+        self.w2t = buffer(h, v)
         self.inv_step = np.empty(self.sums.size)
 
     def set_params(self, theta: np.ndarray, n_total: int, xmax: float) -> np.ndarray:
         """Load theta and fix the rounding grid; returns the grid steps."""
         w1, w2, b1, b2 = unpack(theta, self.v, self.h)
-        self.w1e[:, :-1], self.w1e[:, -1] = w1, b1
-        self.w2e[:, :-1], self.w2e[:, -1] = w2, b2
-        self.w2[:] = w2
+        # z2/2 = [W1 b1]/2 [x; 1] and z3/2 = [W2/4, b2/2 + W2 1/4] [t; 1], since a2 = (1 + t)/2.
+        self.w1h[:, :-1], self.w1h[:, -1] = 0.5 * w1, 0.5 * b1
+        self.w2h[:, :-1], self.w2h[:, -1] = 0.25 * w2, 0.5 * b2 + 0.25 * w2.sum(axis=1)
+        self.w2t[:] = w2.T
         step = self.sums.grid(n_total, xmax, w2)
         np.divide(1.0, step, out=self.inv_step)
         return step
 
-    def accumulate(self, x1: np.ndarray, units: np.ndarray) -> None:
-        """Add one block's sums, in whole grid steps, to ``units``.
+    def accumulate(self, blocks: np.ndarray, units: np.ndarray) -> None:
+        """Add the sums over ``blocks`` (k, v+1, n), in whole grid steps, to ``units``."""
+        for a in range(0, len(blocks), self.chunk_blocks):
+            self._chunk(blocks[a : a + self.chunk_blocks], units)
 
-        x1: (n, v+1) rows of one block with the bias column, n <= block_size.
-        """
-        n, h, v = x1.shape[0], self.h, self.v
-        g1, g2, a2sum, sq = self.sums.views(self.part)
-        z, a2e, a3 = self.z[:n], self.a2e[:n], self.a3[:n]
-        err, d3, bs = self.err[:n], self.d3[:n], self.bs[:n]
-        a2, s = a2e[:, :h], bs[:, h:]
+    def _chunk(self, x1: np.ndarray, units: np.ndarray) -> None:
+        """Sums for k <= chunk_blocks blocks x1 (k, v+1, n), each rounded onto the grid."""
+        k, n, h, v = x1.shape[0], x1.shape[2], self.h, self.v
+        z, te, u = self.z[:k, :, :n], self.te[:k, :, :n], self.u[:k, :, :n]
+        err, de, bs = self.err[:k, :, :n], self.de[:k, :, :n], self.bs[:k, :, :n]
+        t, d, s = te[:, :h], de[:, :v], bs[:, h:]
+        parts = self.parts[:k]
+        g1, g2, sq = self.sums.views(parts)
 
-        # Forward pass.
-        np.matmul(x1, self.w1e.T, out=z)
-        expit(z, out=a2)
-        np.matmul(a2e, self.w2e.T, out=a3)
-        expit(a3, out=a3)
+        # Forward: t = tanh(z2/2), u = tanh(z3/2).
+        np.matmul(self.w1h, x1, out=z)
+        np.tanh(z, out=t)
+        np.matmul(self.w2h, te, out=u)
+        np.tanh(u, out=u)
 
-        # Output layer: delta3 = (a3 - x) . a3 (1 - a3).
-        np.subtract(a3, x1[:, :v], out=err)
-        np.subtract(1.0, a3, out=d3)
-        d3 *= a3
-        d3 *= err
-        np.matmul(d3.T, a2e, out=g2)
+        # Output layer: err = a3 - x, d = err (1 - u^2) = 4 delta3.
+        np.multiply(u, 0.5, out=err)
+        err += 0.5
+        err -= x1[:, :v]
+        np.square(u, out=d)
+        np.subtract(1.0, d, out=d)
+        d *= err
+        np.matmul(de, te.transpose(0, 2, 1), out=g2)
 
-        # Hidden layer: back-propagated part and the sparsity factor s.
-        np.subtract(1.0, a2, out=s)
-        s *= a2
-        np.matmul(d3, self.w2, out=z)
+        # Hidden layer: s' = 1 - t^2 = 4 s, b' = (W2^T d) s' = 16 (W2^T delta3) s.
+        np.square(t, out=s)
+        np.subtract(1.0, s, out=s)
+        np.matmul(self.w2t, d, out=z)
         np.multiply(z, s, out=bs[:, :h])
-        np.matmul(bs.T, x1, out=g1)
+        np.matmul(bs, x1.transpose(0, 2, 1), out=g1)
 
-        np.add.reduce(a2, axis=0, out=a2sum)
-        err *= err
-        np.add.reduce(err, axis=0, out=sq)
+        np.square(err, out=err)
+        np.matmul(err, self.ones[:n], out=sq[..., None])
 
-        # Onto the grid: whole steps, added exactly.
-        self.part *= self.inv_step
-        np.rint(self.part, out=self.part)
-        units += self.part
+        # Onto the grid, block by block; whole steps add exactly.
+        rounded = self.rounded[:k]
+        np.multiply(parts, self.inv_step, out=rounded)
+        np.rint(rounded, out=rounded)
+        units += rounded.sum(axis=0)
 
 
 def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: float):
-    """Cost and gradient from the global sums over all n patches."""
-    g1, g2, a2sum, sq = Sums(v, h).views(totals)
+    """Cost and gradient from the global sums over all n patches (see Sums)."""
+    g1, g2, sq = Sums(v, h).views(totals)
     w1, w2, _, _ = unpack(theta, v, h)
-    rho_hat = a2sum / n
+    rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
     k = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
     kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
     cost = sq.sum() / (2 * n) + lam / 2 * (np.vdot(w1, w1) + np.vdot(w2, w2)) + beta * kl.sum()
 
-    grad_w1b1 = (g1[:h] + k[:, None] * g1[h:]) / n
+    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T
+    grad_w1b1 = (g1[:h] / 16 + k[:, None] * (g1[h:] / 4)) / n
+    # sum delta3 [a2 1]^T = sum d/4 [(1 + t)/2, 1]^T
+    sum_d_a2 = (g2[:v, :h] + g2[:v, h : h + 1]) / 8
     grad = np.concatenate(
         [
             (grad_w1b1[:, :v] + lam * w1).ravel(),
-            (g2[:, :h] / n + lam * w2).ravel(),
+            (sum_d_a2 / n + lam * w2).ravel(),
             grad_w1b1[:, v],
-            g2[:, h] / n,
+            g2[:v, h] / (4 * n),
         ]
     )
     return float(cost), grad
 
 
-def block_ranges(n: int, block_size: int, start_block: int = 0, stop_block: int | None = None):
-    """Row ranges [a, b) of the fixed blocks start_block..stop_block of n rows."""
-    if stop_block is None:
-        stop_block = -(-n // block_size)
-    for k in range(start_block, stop_block):
-        yield k * block_size, min((k + 1) * block_size, n)
-
-
-def evaluate(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lam: float, beta: float, block_size: int):
+def evaluate(theta, x, h: int, rho: float, lam: float, beta: float, block_size: int, dtype=np.float64):
     """Cost and gradient over all patches x (n, v) in one process."""
     n, v = x.shape
-    x1 = with_bias_column(x)
-    kernel = BlockKernel(v, h, block_size)
+    kernel = BlockKernel(v, h, block_size, dtype)
     step = kernel.set_params(theta, n, float(np.abs(x).max()))
     units = np.zeros(kernel.sums.size)
-    for a, b in block_ranges(n, block_size):
-        kernel.accumulate(x1[a:b], units)
+    for blocks in to_blocks(x, block_size, dtype):
+        kernel.accumulate(blocks, units)
     return finish(units * step, theta, n, v, h, rho, lam, beta)
 
 

@@ -14,35 +14,32 @@ import numpy as np
 from mpi4py import MPI
 
 from . import SaeError
-from .objective import BlockKernel, block_ranges, finish, n_params
+from .objective import BlockKernel, finish, n_params
 
 EVALUATE, STOP = 1.0, 0.0
 
 
 def shard(n: int, block_size: int, rank: int, size: int):
-    """(first_block, stop_block, first_row, stop_row) of a rank: whole blocks, as even as can be."""
+    """Rows [first, stop) of a rank: whole blocks, spread as evenly as can be."""
     blocks = -(-n // block_size)
     b0, b1 = blocks * rank // size, blocks * (rank + 1) // size
-    return b0, b1, min(b0 * block_size, n), min(b1 * block_size, n)
+    return min(b0 * block_size, n), min(b1 * block_size, n)
 
 
 class DistributedObjective:
     """J(theta) and its gradient over all ranks' patches, for rank 0's optimizer.
 
-    x1: this rank's rows (with the bias column, see objective.with_bias_column),
-    starting at global block ``first_block``. Times spent in local compute and
-    in collectives (waiting included) are kept per rank.
+    blocks: this rank's patches as arrays of blocks (see objective.to_blocks),
+    in the compute dtype. Times spent in local compute and in collectives
+    (waiting included) are kept per rank.
     """
 
-    def __init__(self, comm, x1, first_block, n_total, h, block_size, rho, lam, beta):
-        self.comm, self.x1, self.n_total, self.h = comm, x1, n_total, h
-        self.v = x1.shape[1] - 1
+    def __init__(self, comm, blocks, n_total, h, block_size, rho, lam, beta):
+        self.comm, self.blocks, self.n_total, self.h = comm, blocks, n_total, h
+        self.v = blocks[0].shape[1] - 1
         self.hyper = (rho, lam, beta)
-        self.kernel = BlockKernel(self.v, h, block_size)
-        offset = first_block * block_size
-        blocks = block_ranges(offset + len(x1), block_size, first_block)
-        self.ranges = [(a - offset, b - offset) for a, b in blocks]
-        local_max = np.array([np.abs(x1[:, : self.v]).max() if len(x1) else 0.0])
+        self.kernel = BlockKernel(self.v, h, block_size, blocks[0].dtype)
+        local_max = np.array([max(float(np.abs(b[:, :-1]).max(initial=0)) for b in blocks)])
         self.xmax = np.empty(1)
         comm.Allreduce(local_max, self.xmax, op=MPI.MAX)
         self.message = np.empty(n_params(self.v, h) + 1)  # theta, then the command
@@ -55,8 +52,8 @@ class DistributedObjective:
         start = time.perf_counter()
         step = self.kernel.set_params(self.message[:-1], self.n_total, self.xmax[0])
         self.units[:] = 0.0
-        for a, b in self.ranges:
-            self.kernel.accumulate(self.x1[a:b], self.units)
+        for blocks in self.blocks:
+            self.kernel.accumulate(blocks, self.units)
         self.compute_seconds += time.perf_counter() - start
         self.evaluations += 1
         return step
@@ -117,3 +114,4 @@ def gather_seconds(comm, values) -> np.ndarray | None:
     out = np.empty((comm.size, len(mine))) if comm.rank == 0 else None
     comm.Gather(mine, out, root=0)
     return out
+

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
 
 import numpy as np
 from scipy.optimize import minimize
 
 from . import SaeError, h5io
-from .objective import initial_theta, unpack
+from .objective import initial_theta, to_blocks, unpack
 from .parallel import DistributedObjective, agree, gather_seconds, shard
 
 log = logging.getLogger("sae.train")
 
-HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size")
+HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size", "precision")
 
 
 def fit(objective, theta0: np.ndarray, iterations: int):
@@ -52,24 +53,34 @@ def fit(objective, theta0: np.ndarray, iterations: int):
 
 
 TIMINGS = ("load", "loop", "compute", "comm")
+READ_ROWS = 8192  # rows per hyperslab read
 
 
-def load_shard(comm, patches_path, side: int, block_size: int, samples: int | None = None):
-    """This rank's rows of whole blocks, read as one hyperslab: (x1, first_block, n_total).
+def load_shard(comm, patches_path, side: int, block_size: int, samples=None, dtype=np.float64):
+    """This rank's rows, read as hyperslabs, as blocks (see objective.to_blocks): (blocks, n_total).
 
     samples: train on the first ``samples`` rows only (all rows if None).
-    x1 has the bias column (see objective.with_bias_column).
     """
     n_total, _ = h5io.patches_info(patches_path, side)
     if samples is not None:
         if samples > n_total:
             raise SaeError(f"{patches_path}: {samples} samples requested, the file has {n_total}")
         n_total = samples
-    first_block, _, first_row, stop_row = shard(n_total, block_size, comm.rank, comm.size)
-    x1 = np.empty((stop_row - first_row, side * side + 1))
-    h5io.read_rows(patches_path, first_row, stop_row, x1)
-    x1[:, -1] = 1.0
-    return x1, first_block, n_total
+    first_row, stop_row = shard(n_total, block_size, comm.rank, comm.size)
+    full = np.empty(((stop_row - first_row) // block_size, side * side + 1, block_size), dtype=dtype)
+    blocks, done = [full], 0
+    piece = block_size * max(1, READ_ROWS // block_size)
+    for rows in h5io.read_rows(patches_path, first_row, stop_row, piece):
+        k = len(rows) // block_size
+        blocks += to_blocks(rows, block_size, dtype, out=full[done : done + k])[1:]  # the short last block
+        done += k
+    return blocks, n_total
+
+
+def max_shard_bytes(n: int, v: int, block_size: int, ranks: int, dtype) -> int:
+    """Bytes of the largest rank's patches in memory (v + 1 values per patch)."""
+    rows = max(b - a for a, b in (shard(n, block_size, r, ranks) for r in range(ranks)))
+    return rows * (v + 1) * np.dtype(dtype).itemsize
 
 
 def run(
@@ -89,7 +100,8 @@ def run(
     """
     wall_start = time.perf_counter()
     v, h, block = side * side, hp["hidden"], hp["block_size"]
-    x1, first_block, n_total = agree(comm, load_shard, comm, patches_path, side, block, samples)
+    dtype = np.dtype(hp["precision"])
+    blocks, n_total = agree(comm, load_shard, comm, patches_path, side, block, samples, dtype)
     load_seconds = time.perf_counter() - wall_start
     if comm.rank == 0:
         note = ""
@@ -97,9 +109,7 @@ def run(
             note = f" (Snakemake granted {cores_granted} cores; capped at this machine's CPUs)"
         log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
 
-    objective = DistributedObjective(
-        comm, x1, first_block, n_total, h, block, hp["rho"], hp["lambda"], hp["beta"]
-    )
+    objective = DistributedObjective(comm, blocks, n_total, h, block, hp["rho"], hp["lambda"], hp["beta"])
     comm.Barrier()
     loop_start = time.perf_counter()
     if comm.rank == 0:
@@ -111,9 +121,10 @@ def run(
     else:
         objective.serve()
     loop_seconds = time.perf_counter() - loop_start
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     seconds = gather_seconds(
-        comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds]
-    )  # columns: TIMINGS
+        comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
+    )  # columns: TIMINGS, then peak RSS
     if comm.rank != 0:
         return
 
@@ -123,6 +134,8 @@ def run(
         **{f"{name}_seconds_max": seconds[:, i].max() for i, name in enumerate(TIMINGS)},
         **{f"{name}_seconds_mean": seconds[:, i].mean() for i, name in enumerate(TIMINGS)},
         "optimizer_seconds": loop_seconds - seconds[0, 2] - seconds[0, 3],
+        "peak_rss_mb_max": seconds[:, 4].max(),
+        "shard_mb_max": max_shard_bytes(n_total, side * side, block, comm.size, dtype) / 2**20,
         "wall_seconds": time.perf_counter() - wall_start,
     }
     model_attrs = {

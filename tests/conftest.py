@@ -38,7 +38,7 @@ def mpirun(ranks, script, *args, **kwargs):
     return run([mpiexec, "-n", ranks, sys.executable, script, *args], **kwargs)
 
 
-def train_args(patches_path, model_path, iterations=15, hidden=25, block_size=128, precision="float64"):
+def train_args(patches_path, model_path, iterations=15, hidden=25, block_size=128, precision="float32"):
     return [
         SCRIPTS / "train_model.py",
         patches_path,

@@ -63,6 +63,16 @@ def test_blocked_sums_equal_ngs_vectorized_equations(block_size):
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12 * np.abs(ref_grad).max())
 
 
+def test_float32_compute_stays_close_to_float64():
+    """float32 products, float64 sums: cost within 1e-6 and gradient within 1e-4, relative."""
+    x = data(3000)
+    theta = random_theta(64, 25)
+    cost64, grad64 = objective.evaluate(theta, x, 25, RHO, LAM, BETA, 128, np.float64)
+    cost32, grad32 = objective.evaluate(theta, x, 25, RHO, LAM, BETA, 128, np.float32)
+    assert cost32 == pytest.approx(cost64, rel=1e-6)
+    assert np.linalg.norm(grad32 - grad64) < 1e-4 * np.linalg.norm(grad64)
+
+
 def test_block_sums_add_exactly_in_any_order_and_grouping():
     """Whatever ranks hold which blocks and in what order they add, totals are bitwise equal."""
     x = data(1500)

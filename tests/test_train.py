@@ -117,3 +117,10 @@ def test_samples_trains_on_the_first_rows_only(tmp_path, patches_1001):
     assert np.array_equal(a["W1"], read(tmp_path / "b.h5")[0]["W1"]) and attrs["samples"] == 600
     proc = mpirun(2, *train_args(patches_1001, tmp_path / "c.h5"), "--samples", 2000, check=False)
     assert proc.returncode != 0 and "2000 samples requested, the file has 1001" in proc.stderr
+
+
+def test_float64_training_is_rank_invariant_too(tmp_path, patches_1001):
+    for ranks in (1, 3):
+        mpirun(ranks, *train_args(patches_1001, tmp_path / f"m{ranks}.h5", iterations=10, precision="float64"))
+    one, attrs = read(tmp_path / "m1.h5")
+    assert np.array_equal(one["W1"], read(tmp_path / "m3.h5")[0]["W1"]) and attrs["precision"] == "float64"

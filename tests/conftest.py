@@ -38,6 +38,30 @@ def mpirun(ranks, script, *args, **kwargs):
     return run([mpiexec, "-n", ranks, sys.executable, script, *args], **kwargs)
 
 
+def rank_pids(pid):
+    """PIDs of the Python processes below ``pid`` (MPI ranks: Hydra gives each its own session)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm, ppid = (
+                stat[stat.index("(") + 1 : stat.rindex(")")],
+                int(stat[stat.rindex(")") + 2 :].split()[1]),
+            )
+            children.setdefault(ppid, []).append((int(entry), comm))
+    found, todo = [], [pid]
+    while todo:
+        for child, comm in children.get(todo.pop(), []):
+            todo.append(child)
+            if comm.startswith("python"):
+                found.append(child)
+    return found
+
+
 def train_args(patches_path, model_path, iterations=15, hidden=25, block_size=128, precision="float32"):
     return [
         SCRIPTS / "train_model.py",

@@ -12,12 +12,12 @@ from mpi4py import MPI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 from sae.objective import initial_theta
 from sae.parallel import DistributedObjective
-from sae.train import load_shard
+from sae.train import Job, load_shard
 
 patches_path, out, block = sys.argv[1], sys.argv[2], int(sys.argv[3])
 comm = MPI.COMM_WORLD
-blocks, n_total = load_shard(comm, patches_path, 8, block)
-objective = DistributedObjective(comm, blocks, n_total, 25, block, 0.01, 1e-4, 3.0)
+blocks, n_total = load_shard(comm, Job(patches_path, "", 8), block)
+objective = DistributedObjective(comm, blocks, n_total, 64, 25, block, np.float64, 0.01, 1e-4, 3.0)
 if comm.rank == 0:
     theta = initial_theta(64, 25, np.random.default_rng(5))
     cost, grad = objective(theta)

@@ -121,6 +121,7 @@ def test_samples_trains_on_the_first_rows_only(tmp_path, patches_1001):
 
 def test_float64_training_is_rank_invariant_too(tmp_path, patches_1001):
     for ranks in (1, 3):
-        mpirun(ranks, *train_args(patches_1001, tmp_path / f"m{ranks}.h5", iterations=10, precision="float64"))
+        model = tmp_path / f"m{ranks}.h5"
+        mpirun(ranks, *train_args(patches_1001, model, iterations=10, precision="float64"))
     one, attrs = read(tmp_path / "m1.h5")
     assert np.array_equal(one["W1"], read(tmp_path / "m3.h5")[0]["W1"]) and attrs["precision"] == "float64"

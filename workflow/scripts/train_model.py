@@ -35,6 +35,11 @@ def body():
     parser.add_argument("--block-size", type=int, required=True)
     parser.add_argument("--precision", choices=["float32", "float64"], required=True)
     parser.add_argument("--samples", type=int, help="train on the first SAMPLES rows only")
+    parser.add_argument("--expect-count", type=int, help="patches.count the file must have been made with")
+    parser.add_argument("--expect-seed", type=int, help="patches.seed the file must have been made with")
+    parser.add_argument("--memory-mb", type=float, help="cap on each rank's patches in memory; 0: none")
+    parser.add_argument("--checkpoint", help="checkpoint file: written as training goes, resumed from")
+    parser.add_argument("--checkpoint-every", type=int, default=25, help="iterations between checkpoints")
     parser.add_argument("--cores-granted", type=int, help="cores Snakemake granted (for the log)")
     args = parser.parse_args()
     hp = {
@@ -47,15 +52,30 @@ def body():
         "block_size": args.block_size,
         "precision": args.precision,
     }
+    expect = {"count": args.expect_count, "seed": args.expect_seed, "side": args.side}
+    job = train.Job(
+        patches=args.patches,
+        model=args.out,
+        side=args.side,
+        samples=args.samples,
+        expect={k: v for k, v in expect.items() if v is not None},
+        memory_mb=args.memory_mb or None,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        cores_granted=args.cores_granted,
+    )
     try:
-        train.run(COMM, args.patches, args.out, hp, args.side, args.samples, args.cores_granted)
-    except (SaeError, SystemExit):
-        raise  # raised on every rank alike (see parallel.agree): all leave together
-    except Exception:
-        if COMM.size == 1:
-            raise
-        # An unexpected failure on one rank must not leave the others waiting in a collective.
-        traceback.print_exc()
+        train.run(COMM, hp, job)
+    except SystemExit:
+        raise
+    except Exception as err:
+        if COMM.size == 1 or getattr(err, "collective", False) or isinstance(err, train.Interrupted):
+            raise  # every rank is leaving alike (see parallel.agree)
+        # A failure on one rank must not leave the others waiting in a collective.
+        if isinstance(err, SaeError):
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
         sys.stderr.flush()
         COMM.Abort(1)
 

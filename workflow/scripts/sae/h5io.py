@@ -4,21 +4,27 @@ images.h5   group ``images``: one 2-D float64 dataset per image, named 000, 001,
             with attributes ``name`` and ``sha256`` (of the source file);
             file attributes ``whitened`` and ``variance``.
 patches.h5  dataset ``patches`` (N, side*side) float32, one row per patch, chunked
-            by rows; attributes ``seed``, ``side``, ``count``, ``sigma``,
+            by rows with a Fletcher-32 checksum per chunk (corruption is an error); attributes ``seed``, ``side``, ``count``, ``sigma``,
             ``sources``, ``sha256``.
+checkpoint  datasets ``theta`` and ``history``; attributes ``evaluations`` and
+            ``fingerprint`` (JSON: hyperparameters and data identity).
 model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
             ``history`` (iterations, 3) with columns cost, grad_norm, seconds;
             attributes ``cost``, ``iterations``, ``evaluations``, ``ranks``,
             ``train_seconds`` and every hyperparameter.
 
-Every file is written under a temporary name in the same folder and renamed
-when complete, so a reader never sees a half-written file.
+Every file is assembled in memory, written under a temporary name in the same
+folder and renamed when complete, so a reader never sees a half-written file
+and a full disk leaves the earlier file in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -38,8 +44,33 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder
+        raise SaeError(f"cannot write {path}: {_first_line(err)}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def new_file(path):
+    """An HDF5 file built in memory, then written to ``path`` atomically.
+
+    Only plain file writes touch the disk, so a full disk is a clean OSError
+    (HDF5 itself does not survive running out of space mid-write).
+    """
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        yield f
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(image.getbuffer())
+
+
+def _first_line(err: Exception) -> str:
+    """The system's own message in an HDF5 error, else the error's first line."""
+    text = str(err)
+    system = re.search(r"error message = '([^']*)'", text)
+    if system:
+        return system.group(1)
+    return next((line for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 def open_input(path, kind: str) -> h5py.File:
@@ -49,11 +80,11 @@ def open_input(path, kind: str) -> h5py.File:
     except FileNotFoundError:
         raise SaeError(f"{path}: no such file") from None
     except OSError as err:
-        raise SaeError(f"{path}: not a readable HDF5 {kind} file ({err})") from None
+        raise SaeError(f"{path}: not a readable HDF5 {kind} file ({_first_line(err)})") from None
 
 
 def write_images(path, images, names, digests, whitened: bool, variance: float) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with new_file(path) as f:
         f.attrs["whitened"] = whitened
         f.attrs["variance"] = variance
         group = f.create_group("images")
@@ -77,9 +108,9 @@ def read_images(path):
 
 
 def write_patches(path, patches: np.ndarray, attrs: dict) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with new_file(path) as f:
         chunk = (min(len(patches), ROWS_PER_CHUNK), patches.shape[1])
-        f.create_dataset("patches", data=patches, dtype=np.float32, chunks=chunk)
+        f.create_dataset("patches", data=patches, dtype=np.float32, chunks=chunk, fletcher32=True)
         f.attrs.update(attrs)
 
 
@@ -98,21 +129,71 @@ def patches_info(path, side: int):
         return ds.shape[0], dict(f.attrs)
 
 
-def read_rows(path, start: int, stop: int, piece: int):
-    """Rows [start, stop) of ``patches`` as hyperslabs of at most ``piece`` rows (a generator)."""
-    with open_input(path, "patches") as f:
-        ds = f["patches"]
-        for a in range(start, stop, piece):
-            yield ds[a : min(a + piece, stop)]
+class PatchRows:
+    """Rows of a patches file, read as hyperslabs from a dataset kept open."""
+
+    def __init__(self, path):
+        self.path = path
+        self.file = open_input(path, "patches")
+        self.dataset = self.file["patches"]
+        self.width = self.dataset.shape[1]
+        self.dtype = self.dataset.dtype
+        self.itemsize = self.dtype.itemsize
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop), into out[: stop - start] if given."""
+        try:
+            if out is None:
+                return self.dataset[start:stop]
+            self.dataset.read_direct(out, np.s_[start:stop], np.s_[: stop - start])
+            return out[: stop - start]
+        except (OSError, RuntimeError) as err:  # corrupt or truncated data
+            raise SaeError(
+                f"{self.path}: cannot read rows {start}-{stop}, damaged file ({_first_line(err)})"
+            ) from None
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with new_file(path) as f:
         for name, value in params.items():
             f.create_dataset(name, data=value)
         hist = f.create_dataset("history", data=history)
         hist.attrs["columns"] = ["cost", "grad_norm", "seconds"]
         f.attrs.update(attrs)
+
+
+def write_checkpoint(
+    path, theta: np.ndarray, history: np.ndarray, evaluations: int, fingerprint: dict
+) -> None:
+    """Parameters, history and evaluations so far; ``fingerprint`` (JSON) names config and data."""
+    with new_file(path) as f:
+        f.create_dataset("theta", data=theta)
+        f.create_dataset("history", data=history)
+        f.attrs["evaluations"] = evaluations
+        f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+
+
+def read_checkpoint(path):
+    """(theta, history, evaluations, fingerprint) of a checkpoint file."""
+    with open_input(path, "checkpoint") as f:
+        try:
+            return (
+                f["theta"][()],
+                f["history"][()],
+                int(f.attrs["evaluations"]),
+                json.loads(f.attrs["fingerprint"]),
+            )
+        except (KeyError, ValueError) as err:
+            raise SaeError(f"{path}: not a complete checkpoint ({err})") from None
 
 
 def read_model(path):

@@ -29,16 +29,16 @@ def shard(n: int, block_size: int, rank: int, size: int):
 class DistributedObjective:
     """J(theta) and its gradient over all ranks' patches, for rank 0's optimizer.
 
-    blocks: this rank's patches as arrays of blocks (see objective.to_blocks),
-    in the compute dtype. Times spent in local compute and in collectives
-    (waiting included) are kept per rank.
+    blocks: an iterable of this rank's arrays of blocks (see
+    objective.to_blocks) in the compute dtype, iterated once per evaluation.
+    Times spent in local compute and in collectives (waiting included) are
+    kept per rank.
     """
 
-    def __init__(self, comm, blocks, n_total, h, block_size, rho, lam, beta):
-        self.comm, self.blocks, self.n_total, self.h = comm, blocks, n_total, h
-        self.v = blocks[0].shape[1] - 1
+    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lam, beta):
+        self.comm, self.blocks, self.n_total, self.v, self.h = comm, blocks, n_total, v, h
         self.hyper = (rho, lam, beta)
-        self.kernel = BlockKernel(self.v, h, block_size, blocks[0].dtype)
+        self.kernel = BlockKernel(v, h, block_size, dtype)
         local_max = np.array([max(float(np.abs(b[:, :-1]).max(initial=0)) for b in blocks)])
         self.xmax = np.empty(1)
         comm.Allreduce(local_max, self.xmax, op=MPI.MAX)
@@ -104,6 +104,7 @@ def agree(comm, task, *args):
     if first[0] == comm.size:
         return result
     if comm.rank == first[0]:
+        error.collective = True  # every rank is leaving: no need to abort the others
         raise error
     raise SystemExit(1)
 

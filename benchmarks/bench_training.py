@@ -1,0 +1,201 @@
+"""Training speed and memory, measured side by side in one run; prints Markdown tables.
+
+    python benchmarks/bench_training.py            # full (a few minutes on 2 cores)
+    python benchmarks/bench_training.py --quick    # smaller sizes, for a smoke test
+
+Every ratio compares numbers measured in this same run on this machine:
+1. per-evaluation time, one rank, against a whole-batch float64 transcription of
+   Ng's vectorized equations (objective.reference, the baseline);
+2. effective rate (16 kFLOP per patch per evaluation) against the single-core
+   GEMM peak measured here in the same precision;
+3. per-patch cost against N;
+4. two ranks against one: optimization-loop speedup and communication share;
+5. `snakemake --cores 2 results/filters.png` from an empty results/;
+6. peak RSS per rank against the shard's bytes;
+plus the final cost in float32 against float64, and the share of an evaluation
+spent in the product that the single-reduction scheme adds.
+"""
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # one BLAS thread, as each rank has
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+
+from sae import h5io, images, objective, patches  # noqa: E402
+
+FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
+V, H = 64, 25
+HYPER = (0.01, 1e-4, 3.0)
+BIN = Path(sys.executable).parent
+
+
+def best_seconds(fn, min_seconds=0.5, repeats=3):
+    """Fastest mean time per call over ``repeats`` batches of about min_seconds each."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    calls = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def gemm_peak(dtype) -> float:
+    """Single-core GEMM rate in FLOP/s (square 1500 matrices)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((1500, 1500)).astype(dtype) for _ in range(2))
+    out = np.empty_like(a)
+    return 2 * 1500**3 / best_seconds(lambda: np.matmul(a, b, out=out))
+
+
+def make_patches(path: Path, count: int) -> np.ndarray:
+    """Whitened sample-image patches, normalized, written as the workflow would."""
+    imgs, names, _ = images.load("sample", whitened=True)
+    data = patches.sample(imgs, count, 8, seed=0)
+    sigma = patches.normalize(data)
+    h5io.write_patches(path, data, {"seed": 0, "side": 8, "count": count, "sigma": sigma})
+    return data.astype(np.float32)
+
+
+def kernel_table(x_all, sizes, block_size):
+    peaks = {np.float64: gemm_peak(np.float64), np.float32: gemm_peak(np.float32)}
+    theta = objective.initial_theta(V, H, np.random.default_rng(0))
+    rows = []
+    for n in sizes:
+        x = x_all[:n].astype(np.float64)
+        base = best_seconds(lambda x=x: objective.reference(theta, x, H, *HYPER))
+        row = {"N": n, "baseline": base}
+        for dtype in (np.float64, np.float32):
+            kernel = objective.BlockKernel(V, H, block_size, dtype)
+            blocks = objective.to_blocks(x, block_size, dtype)
+            units = np.zeros(kernel.sums.size)
+
+            def evaluation(kernel=kernel, blocks=blocks, units=units, n=n):
+                kernel.set_params(theta, n, 1.0)
+                units[:] = 0
+                for b in blocks:
+                    kernel.accumulate(b, units)
+
+            row[dtype] = best_seconds(evaluation)
+        rows.append(row)
+
+    print(f"\nSingle-core GEMM peak: {peaks[np.float64] / 1e9:.1f} GFLOP/s float64, "
+          f"{peaks[np.float32] / 1e9:.1f} GFLOP/s float32 (1500 x 1500, one thread)\n")  # fmt: skip
+    print("| N | baseline ms/eval | float64 ms/eval | float32 ms/eval | speedup f64 / f32 vs baseline "
+          "| % of GEMM peak f64 / f32 | ns per patch f64 / f32 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        n, t64, t32, base = row["N"], row[np.float64], row[np.float32], row["baseline"]
+        pct = [100 * FLOP_PER_PATCH * n / t / peaks[d] for t, d in ((t64, np.float64), (t32, np.float32))]
+        print(f"| {n} | {base * 1e3:.2f} | {t64 * 1e3:.2f} | {t32 * 1e3:.2f} | {base / t64:.2f}x / {base / t32:.2f}x "
+              f"| {pct[0]:.0f}% / {pct[1]:.0f}% | {t64 / n * 1e9:.0f} / {t32 / n * 1e9:.0f} |")  # fmt: skip
+    first, last = rows[0], rows[-1]
+    print(f"\nPer-patch cost, N = {last['N']} over N = {first['N']}: "
+          f"float64 {last[np.float64] / last['N'] / (first[np.float64] / first['N']):.2f}x, "
+          f"float32 {last[np.float32] / last['N'] / (first[np.float32] / first['N']):.2f}x, "
+          f"baseline {last['baseline'] / last['N'] / (first['baseline'] / first['N']):.2f}x")  # fmt: skip
+    extra_product_share(x_all[: sizes[0]], block_size, rows[0][np.float32])
+
+
+def extra_product_share(x, block_size, eval_seconds):
+    """Time of the product the single-reduction scheme adds (sum s' [x 1]^T)."""
+    blocks = objective.to_blocks(x.astype(np.float64), block_size, np.float32)[0]
+    s = np.random.default_rng(0).random((len(blocks), H, block_size), dtype=np.float32)
+    out = np.empty((len(blocks), H, V + 1), dtype=np.float32)
+    extra = best_seconds(lambda: np.matmul(s, blocks.transpose(0, 2, 1), out=out))
+    print(f"\nThe single reduction's extra product (sum s' [x 1]^T) takes {100 * extra / eval_seconds:.0f}% "
+          f"of a float32 evaluation at N = {len(x)}.")  # fmt: skip
+
+
+def train(ranks, patches_path, out, iterations, precision, samples=None):
+    mpiexec = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, str(REPO / "workflow/scripts/train_model.py"),
+           str(patches_path), str(out), "--side", "8", "--hidden", str(H), "--rho", "0.01",
+           "--lambda", "1e-4", "--beta", "3", "--iterations", str(iterations), "--seed", "0",
+           "--block-size", "128", "--precision", precision]  # fmt: skip
+    if samples:
+        cmd += ["--samples", str(samples)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    with h5py.File(out) as f:
+        return dict(f.attrs)
+
+
+def mpi_table(patches_path, sizes, iterations):
+    print(f"\n| N | loop s, 1 rank | loop s, 2 ranks | speedup | communication share, 2 ranks (mean / max "
+          f"over ranks) | peak RSS per rank, MB (shard MB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            one = train(1, patches_path, Path(tmp) / "m1.h5", iterations, "float32", n)
+            two = train(2, patches_path, Path(tmp) / "m2.h5", iterations, "float32", n)
+            assert one["evaluations"] == two["evaluations"]
+            loop1, loop2 = one["loop_seconds_max"], two["loop_seconds_max"]
+            mean, top = two["comm_seconds_mean"] / loop2, two["comm_seconds_max"] / loop2
+            print(f"| {n} | {loop1:.2f} | {loop2:.2f} | {loop1 / loop2:.2f}x | {100 * mean:.1f}% / {100 * top:.1f}% "
+                  f"| 1 rank: {one['peak_rss_mb_max']:.0f} ({one['shard_mb_max']:.1f}); "
+                  f"2 ranks: {two['peak_rss_mb_max']:.0f} ({two['shard_mb_max']:.1f}) |")  # fmt: skip
+    print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks.)")
+
+
+def precision_table(patches_path, n):
+    print(f"\n| precision | final cost (N = {n}, 400 iterations, 2 ranks) | loop s |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        costs = {}
+        for precision in ("float64", "float32"):
+            attrs = train(2, patches_path, Path(tmp) / "m.h5", 400, precision, n)
+            costs[precision] = attrs["cost"]
+            print(f"| {precision} | {attrs['cost']:.6f} | {attrs['loop_seconds_max']:.2f} |")
+    print(f"\nfloat32 final cost differs from float64 by {100 * abs(costs['float32'] / costs['float64'] - 1):.2f}%.")
+
+
+def workflow_seconds():
+    """`snakemake --cores 2 results/filters.png` from an empty results/, default config."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("Snakefile", "workflow", "config"):
+            src = REPO / name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, Path(tmp) / name)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/filters.png"],
+                       cwd=tmp, check=True, capture_output=True)  # fmt: skip
+        seconds = time.perf_counter() - start
+    print(f"\n`snakemake --cores 2 results/filters.png` from an empty results/, default config: {seconds:.1f} s wall.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = parser.parse_args()
+    sizes = [2000, 8000] if args.quick else [10000, 40000, 160000]
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"numpy {np.__version__}; one BLAS thread per process.")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        patches_path = Path(tmp) / "patches.h5"
+        x_all = make_patches(patches_path, sizes[-1])
+        kernel_table(x_all, sizes, block_size=128)
+        mpi_table(patches_path, sizes, iterations=20 if args.quick else 100)
+        precision_table(patches_path, sizes[0])
+    workflow_seconds()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Checkpoints and resume, a dying rank, larger-than-memory shards, faults on files.
+
+Real MPI processes are signalled and killed; real files are truncated, corrupted
+and written past a file-size limit.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import env, make_patches_file, mpirun, rank_pids, train_args
+from sae import h5io
+
+ITERATIONS = 200
+
+
+@pytest.fixture(scope="module")
+def patches_40k(tmp_path_factory):
+    """Enough patches that an iteration takes a few milliseconds: time to signal mid-run."""
+    return make_patches_file(tmp_path_factory.mktemp("data") / "patches.h5", 40000)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, patches_40k):
+    out = tmp_path_factory.mktemp("ref") / "model.h5"
+    mpirun(2, *train_args(patches_40k, out, iterations=ITERATIONS))
+    with h5py.File(out) as f:
+        return dict(f.attrs), f["W1"][()]
+
+
+def start_training(tmp_path, patches, *extra, ranks=2, iterations=ITERATIONS):
+    """Training in the background; its stderr goes to tmp_path/train.log."""
+    log = open(tmp_path / "train.log", "w")
+    mpiexec = shutil.which("mpiexec", path=env()["PATH"])
+    args = train_args(patches, tmp_path / "model.h5", iterations=iterations)
+    args += ["--checkpoint", tmp_path / "ckpt.h5", "--checkpoint-every", 5, *extra]
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, *map(str, args)]
+    return subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_iteration(tmp_path, k, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = re.findall(r"iteration +(\d+)/", (tmp_path / "train.log").read_text())
+        if done and int(done[-1]) >= k:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no iteration {k} within {timeout} s:\n{(tmp_path / 'train.log').read_text()}")
+
+
+def resume(tmp_path, patches):
+    """Run the same training again to completion; returns (log, attrs, W1)."""
+    out = mpirun(2, *train_args(patches, tmp_path / "model.h5", iterations=ITERATIONS),
+                 "--checkpoint", tmp_path / "ckpt.h5", "--checkpoint-every", 5)  # fmt: skip
+    with h5py.File(tmp_path / "model.h5") as f:
+        return out.stderr, dict(f.attrs), f["W1"][()]
+
+
+def test_sigterm_writes_a_checkpoint_and_a_rerun_resumes(tmp_path, patches_40k, uninterrupted):
+    proc = start_training(tmp_path, patches_40k)
+    wait_for_iteration(tmp_path, 12)
+    for pid in rank_pids(proc.pid):  # as Slurm does at a time limit: every task gets SIGTERM
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    log = (tmp_path / "train.log").read_text()
+    stopped = re.search(r"error: stopped by SIGTERM after iteration (\d+); checkpoint .* written", log)
+    assert stopped, log
+    assert not (tmp_path / "model.h5").exists() and (tmp_path / "ckpt.h5").exists()
+    _, history, _, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+    assert len(history) == int(stopped.group(1)) >= 12
+
+    log, attrs, _ = resume(tmp_path, patches_40k)
+    assert f"resumed from iteration {len(history)}" in log
+    assert attrs["iterations"] == ITERATIONS and attrs["resumed_from"] == len(history)
+    reference = uninterrupted[0]["cost"]
+    assert abs(attrs["cost"] - reference) <= 0.005 * reference
+    assert not (tmp_path / "ckpt.h5").exists()  # removed once the model is written
+
+
+def test_a_killed_rank_ends_the_job_quickly_and_a_rerun_resumes(tmp_path, patches_40k, uninterrupted):
+    proc = start_training(tmp_path, patches_40k)
+    wait_for_iteration(tmp_path, 12)
+    victim = max(rank_pids(proc.pid))  # not necessarily rank 0
+    start = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=30) != 0
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "model.h5").exists()
+    assert not list(tmp_path.glob(".model.h5.tmp*"))
+    _, history, _, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+    assert len(history) >= 10 and len(history) % 5 == 0
+
+    log, attrs, _ = resume(tmp_path, patches_40k)
+    assert f"resumed from iteration {len(history)}" in log and attrs["iterations"] == ITERATIONS
+    assert abs(attrs["cost"] - uninterrupted[0]["cost"]) <= 0.005 * uninterrupted[0]["cost"]
+
+
+def test_a_checkpoint_from_another_config_is_not_used(tmp_path, patches_40k):
+    proc = start_training(tmp_path, patches_40k)
+    wait_for_iteration(tmp_path, 12)
+    for pid in rank_pids(proc.pid):
+        os.kill(pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    args = train_args(patches_40k, tmp_path / "model.h5", iterations=20)
+    args[args.index("--beta") + 1] = 2.0
+    out = mpirun(2, *args, "--checkpoint", tmp_path / "ckpt.h5")
+    assert "is from a different config or data (beta): not used" in out.stderr
+    assert "resumed" not in out.stderr
+    with h5py.File(tmp_path / "model.h5") as f:
+        assert f.attrs["resumed_from"] == 0 and f.attrs["iterations"] == 20
+
+
+def test_streaming_a_shard_larger_than_the_cap_gives_the_same_model_in_less_memory(tmp_path):
+    patches = make_patches_file(tmp_path / "p.h5", 60000)  # 15.6 MB in float32 blocks on one rank
+    whole = mpirun(1, *train_args(patches, tmp_path / "a.h5", iterations=8))
+    streamed = mpirun(1, *train_args(patches, tmp_path / "b.h5", iterations=8), "--memory-mb", 1)
+    assert "streaming them from HDF5" in streamed.stderr and "streaming them" not in whole.stderr
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        for name in ("W1", "W2", "b1", "b2"):
+            assert np.array_equal(a[name][()], b[name][()])
+        assert b.attrs["streamed"] and not a.attrs["streamed"]
+        saved = a.attrs["peak_rss_mb_max"] - b.attrs["peak_rss_mb_max"]
+        # Streaming holds about 1 MB of patches instead of the whole shard.
+        assert saved > a.attrs["shard_mb_max"] - 1 - 6
+
+
+def test_streaming_works_on_several_ranks(tmp_path, patches_1001):
+    for ranks, extra in ((1, []), (3, ["--memory-mb", 0.01])):
+        mpirun(ranks, *train_args(patches_1001, tmp_path / f"m{ranks}.h5", iterations=5), *extra)
+    with h5py.File(tmp_path / "m1.h5") as a, h5py.File(tmp_path / "m3.h5") as b:
+        assert b.attrs["streamed"] and np.array_equal(a["W1"][()], b["W1"][()])
+
+
+def test_truncated_patches_file_is_one_clear_error(tmp_path, patches_1001):
+    bad = tmp_path / "patches.h5"
+    shutil.copy(patches_1001, bad)
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) // 2)
+    proc = mpirun(2, *train_args(bad, tmp_path / "model.h5"), check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and str(bad) in errors[0]
+    assert not (tmp_path / "model.h5").exists()
+
+
+def test_corrupt_patches_data_is_detected_by_the_checksum(tmp_path, patches_1001):
+    bad = tmp_path / "patches.h5"
+    shutil.copy(patches_1001, bad)
+    with h5py.File(bad) as f:
+        offset = f["patches"].id.get_chunk_info(0).byte_offset
+    with open(bad, "r+b") as f:
+        f.seek(offset + 100)
+        f.write(b"\x7f" * 64)
+    proc = mpirun(2, *train_args(bad, tmp_path / "model.h5"), check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1
+    assert "cannot read rows 0-512, damaged file" in errors[0] and "filter returned failure" in errors[0]
+    assert not (tmp_path / "model.h5").exists()
+
+
+def test_patches_file_from_another_config_is_refused(tmp_path, patches_1001):
+    proc = mpirun(2, *train_args(patches_1001, tmp_path / "model.h5"), "--expect-count", 5000, check=False)
+    assert proc.returncode != 0
+    assert "made with patches.count = 1001, but the config says 5000" in proc.stderr
+    proc = mpirun(1, *train_args(patches_1001, tmp_path / "model.h5"), "--expect-seed", 3, check=False)
+    assert "made with patches.seed = 0, but the config says 3" in proc.stderr
+    assert not (tmp_path / "model.h5").exists()
+
+
+@contextlib.contextmanager
+def small_filesystem(path, kilobytes):
+    """A real tmpfs of the given size mounted at path: a disk that fills up."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root: mounting a tmpfs must work there")
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_on_output_is_one_error_and_keeps_the_earlier_model(tmp_path, patches_1001):
+    with small_filesystem(tmp_path / "disk", 64) as disk:
+        model = disk / "model.h5"
+        mpirun(2, *train_args(patches_1001, model, iterations=3))  # about 40 kB: fits once
+        before = model.read_bytes()
+        proc = mpirun(2, *train_args(patches_1001, model, iterations=5), check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode != 0 and len(errors) == 1
+        assert f"cannot write {model}" in errors[0] and "No space left" in errors[0]
+        assert model.read_bytes() == before  # the earlier result is intact
+        assert sorted(p.name for p in disk.iterdir()) == ["model.h5"]  # no temporary left
+
+
+def test_a_full_disk_while_sampling_patches_keeps_the_earlier_file(tmp_path):
+    from conftest import SCRIPTS, run, smooth_images
+
+    images = tmp_path / "images.h5"
+    h5io.write_images(images, smooth_images(), ["a", "b", "c"], ["0" * 64] * 3, False, 0.1)
+    with small_filesystem(tmp_path / "disk", 200) as disk:
+        out = disk / "patches.h5"
+        sample = [sys.executable, SCRIPTS / "sample_patches.py", images, out, "--side", 8, "--seed", 0]
+        run([*sample, "--count", 100])
+        before = out.read_bytes()
+        proc = run([*sample, "--count", 5000], check=False)  # 1.3 MB: does not fit
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {out}: ")
+        assert out.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["patches.h5"]
+
+
+def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
+    """Snakemake's retries: a rank killed mid-training, the next attempt resumes and finishes."""
+    import yaml
+
+    config = {
+        "patches": {"count": 40000},
+        "train": {"iterations": ITERATIONS, "ranks": 2, "checkpoint_every": 5},
+    }
+    (workflow_copy / "small.yaml").write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "results/model.h5",
+        "--cores",
+        "2",
+        "--configfile",
+        "small.yaml",
+    ]
+    proc = subprocess.Popen(cmd, cwd=workflow_copy, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    log_dir = workflow_copy / "results" / "logs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = log_dir / "train.log"
+        if log.exists() and re.search(r"iteration +1[2-9]/", log.read_text()):
+            break
+        time.sleep(0.02)
+    victims = [p for p in rank_pids(proc.pid) if "train_model.py" in open(f"/proc/{p}/cmdline").read()]
+    assert len(victims) == 2
+    os.kill(max(victims), signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    log = (log_dir / "train.log").read_text()
+    assert re.search(r"resumed from iteration (1[05]|[2-5][05])", log), log
+    with h5py.File(workflow_copy / "results" / "model.h5") as f:
+        assert f.attrs["iterations"] == ITERATIONS and f.attrs["resumed_from"] >= 10

@@ -39,6 +39,7 @@ include: "workflow/rules/images.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/filters.smk"
+include: "workflow/rules/sweep.smk"
 
 
 rule all:

@@ -16,26 +16,24 @@ plus the final cost in float32 against float64, and the share of an evaluation
 spent in the product that the single-reduction scheme adds.
 """
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"  # one BLAS thread, as each rank has
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
+import sys
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sae.one_blas_thread  # noqa: E402, F401  (before numpy: one BLAS thread, as each rank has)
 from sae import h5io, images, objective, patches  # noqa: E402
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
@@ -69,7 +67,7 @@ def gemm_peak(dtype) -> float:
 
 def make_patches(path: Path, count: int) -> np.ndarray:
     """Whitened sample-image patches, normalized, written as the workflow would."""
-    imgs, names, _ = images.load("sample", whitened=True)
+    imgs, _, _ = images.load("sample", whitened=True)
     data = patches.sample(imgs, count, 8, seed=0)
     sigma = patches.normalize(data)
     h5io.write_patches(path, data, {"seed": 0, "side": 8, "count": count, "sigma": sigma})
@@ -106,8 +104,9 @@ def kernel_table(x_all, sizes, block_size):
     for row in rows:
         n, t64, t32, base = row["N"], row[np.float64], row[np.float32], row["baseline"]
         pct = [100 * FLOP_PER_PATCH * n / t / peaks[d] for t, d in ((t64, np.float64), (t32, np.float32))]
-        print(f"| {n} | {base * 1e3:.2f} | {t64 * 1e3:.2f} | {t32 * 1e3:.2f} | {base / t64:.2f}x / {base / t32:.2f}x "
-              f"| {pct[0]:.0f}% / {pct[1]:.0f}% | {t64 / n * 1e9:.0f} / {t32 / n * 1e9:.0f} |")  # fmt: skip
+        times = f"| {n} | {base * 1e3:.2f} | {t64 * 1e3:.2f} | {t32 * 1e3:.2f} "
+        print(f"{times}| {base / t64:.2f}x / {base / t32:.2f}x | {pct[0]:.0f}% / {pct[1]:.0f}% "
+              f"| {t64 / n * 1e9:.0f} / {t32 / n * 1e9:.0f} |")  # fmt: skip
     first, last = rows[0], rows[-1]
     print(f"\nPer-patch cost, N = {last['N']} over N = {first['N']}: "
           f"float64 {last[np.float64] / last['N'] / (first[np.float64] / first['N']):.2f}x, "
@@ -140,8 +139,8 @@ def train(ranks, patches_path, out, iterations, precision, samples=None):
 
 
 def mpi_table(patches_path, sizes, iterations):
-    print(f"\n| N | loop s, 1 rank | loop s, 2 ranks | speedup | communication share, 2 ranks (mean / max "
-          f"over ranks) | peak RSS per rank, MB (shard MB) |")  # fmt: skip
+    print("\n| N | loop s, 1 rank | loop s, 2 ranks | speedup | communication share, 2 ranks (mean / max "
+          "over ranks) | peak RSS per rank, MB (shard MB) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -150,7 +149,8 @@ def mpi_table(patches_path, sizes, iterations):
             assert one["evaluations"] == two["evaluations"]
             loop1, loop2 = one["loop_seconds_max"], two["loop_seconds_max"]
             mean, top = two["comm_seconds_mean"] / loop2, two["comm_seconds_max"] / loop2
-            print(f"| {n} | {loop1:.2f} | {loop2:.2f} | {loop1 / loop2:.2f}x | {100 * mean:.1f}% / {100 * top:.1f}% "
+            share = f"{100 * mean:.1f}% / {100 * top:.1f}%"
+            print(f"| {n} | {loop1:.2f} | {loop2:.2f} | {loop1 / loop2:.2f}x | {share} "
                   f"| 1 rank: {one['peak_rss_mb_max']:.0f} ({one['shard_mb_max']:.1f}); "
                   f"2 ranks: {two['peak_rss_mb_max']:.0f} ({two['shard_mb_max']:.1f}) |")  # fmt: skip
     print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks.)")
@@ -165,7 +165,10 @@ def precision_table(patches_path, n):
             attrs = train(2, patches_path, Path(tmp) / "m.h5", 400, precision, n)
             costs[precision] = attrs["cost"]
             print(f"| {precision} | {attrs['cost']:.6f} | {attrs['loop_seconds_max']:.2f} |")
-    print(f"\nfloat32 final cost differs from float64 by {100 * abs(costs['float32'] / costs['float64'] - 1):.2f}%.")
+    print(
+        "\nfloat32 final cost differs from float64 by "
+        f"{100 * abs(costs['float32'] / costs['float64'] - 1):.2f}%."
+    )
 
 
 def workflow_seconds():
@@ -178,11 +181,16 @@ def workflow_seconds():
         subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/filters.png"],
                        cwd=tmp, check=True, capture_output=True)  # fmt: skip
         seconds = time.perf_counter() - start
-    print(f"\n`snakemake --cores 2 results/filters.png` from an empty results/, default config: {seconds:.1f} s wall.")
+    print(
+        "\n`snakemake --cores 2 results/filters.png` from an empty results/, default config: "
+        f"{seconds:.1f} s wall."
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     args = parser.parse_args()
     sizes = [2000, 8000] if args.quick else [10000, 40000, 160000]

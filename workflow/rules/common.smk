@@ -33,3 +33,35 @@ def train_tasks(wildcards, threads):
     """MPI ranks: train.ranks as given, or for "auto" the granted cores capped at the CPU count."""
     ranks = config["train"]["ranks"]
     return min(threads, os.cpu_count() or 1) if ranks == "auto" else ranks
+
+
+def train_params(count, iterations):
+    """The params of both training rules: every value that decides the model.
+
+    count: patches.count the input file was made with; iterations: L-BFGS iterations.
+    """
+    return dict(
+        side=config["patches"]["side"],
+        n=count,
+        patches_seed=config["patches"]["seed"],
+        hidden=config["train"]["hidden"],
+        rho=config["train"]["rho"],
+        lam=config["train"]["lambda"],
+        beta=config["train"]["beta"],
+        iterations=iterations,
+        seed=config["train"]["seed"],
+        block_size=config["train"]["block_size"],
+        precision=config["train"]["precision"],
+    )
+
+
+def train_shell(extra):
+    """The logged training command of both training rules, with their own ``extra`` flags."""
+    return logged(
+        "{resources.mpi} -n {resources.tasks} python workflow/scripts/train_model.py {input} {output}"
+        " --side {params.side} --hidden {params.hidden} --rho {params.rho} --lambda {params.lam}"
+        " --beta {params.beta} --iterations {params.iterations} --seed {params.seed}"
+        " --block-size {params.block_size} --precision {params.precision}"
+        " --expect-count {params.n} --expect-seed {params.patches_seed}"
+        f" --memory-mb {{resources.memory_mb}} --cores-granted {{threads}} {extra}"
+    )

@@ -4,19 +4,14 @@ Launch with ``mpiexec -n RANKS python train_model.py ...``; every rank reads
 only its own rows of patches.h5, rank 0 writes the model.
 """
 
-import os
+import argparse
+import sys
+import traceback
 
-# One BLAS thread per rank: the ranks are the parallelism.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+from mpi4py import MPI
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
-
-from mpi4py import MPI  # noqa: E402
-
-from sae import SaeError, cli, train  # noqa: E402
+import sae.one_blas_thread  # noqa: F401  (first: before numpy)
+from sae import SaeError, cli, train
 
 COMM = MPI.COMM_WORLD
 

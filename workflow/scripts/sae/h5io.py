@@ -4,7 +4,8 @@ images.h5   group ``images``: one 2-D float64 dataset per image, named 000, 001,
             with attributes ``name`` and ``sha256`` (of the source file);
             file attributes ``whitened`` and ``variance``.
 patches.h5  dataset ``patches`` (N, side*side) float32, one row per patch, chunked
-            by rows with a Fletcher-32 checksum per chunk (corruption is an error); attributes ``seed``, ``side``, ``count``, ``sigma``,
+            by rows with a Fletcher-32 checksum per chunk (corruption is an
+            error); attributes ``seed``, ``side``, ``count``, ``sigma``,
             ``sources``, ``sha256``.
 checkpoint  datasets ``theta`` and ``history``; attributes ``evaluations`` and
             ``fingerprint`` (JSON: hyperparameters and data identity).

@@ -1,0 +1,377 @@
+"""The scaling sweep: its functions, the collectives benchmark on real ranks, a tiny real sweep."""
+
+import csv
+import json
+import re
+import shutil
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, SCRIPTS, make_patches_file, mpirun, run, smooth_images
+from sae import SaeError, objective, sweep
+
+TINY = {"ranks": [1, 2], "sizes": [1000, 2000], "repeats": 1, "iterations": 12}
+TIMING_RULES = {"sweep_train", "sweep_collectives"}
+
+
+def snakemake(folder, *args, check=True):
+    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
+
+
+def sweep_config(folder, name, sweep_section, images=True):
+    """The workflow's config with a ``sweep`` section and, for speed, two small images."""
+    config = yaml.safe_load((folder / "config" / "config.yaml").read_text())
+    config["sweep"] = sweep_section
+    if images:
+        for i, img in enumerate(smooth_images(2, 64)):
+            np.save(folder / f"img{i}.npy", img)
+        config["images"] = {"source": ["img0.npy", "img1.npy"], "whiten": True}
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_row(ranks, samples, repeat=1, loop=1.0, evaluations=100, **extra):
+    """A runtimes.csv row with plausible timings."""
+    row = {
+        "ranks": ranks,
+        "samples": samples,
+        "repeat": repeat,
+        "evaluations": evaluations,
+        "iterations": 90,
+        "block_size": 128,
+        "precision": "float32",
+        "cost": 0.5,
+        "wall_seconds": loop + 0.1,
+        "load_seconds_max": 0.01,
+        "load_seconds_mean": 0.01,
+        "loop_seconds_max": loop,
+        "loop_seconds_mean": loop,
+        "compute_seconds_max": 0.7 * loop,
+        "compute_seconds_mean": 0.6 * loop,
+        "comm_seconds_max": 0.2 * loop,
+        "comm_seconds_mean": 0.15 * loop,
+        "optimizer_seconds": 0.1 * loop,
+    }
+    row.update(extra)
+    return row
+
+
+# --- Plain functions ---------------------------------------------------------------------------
+
+
+def test_run_names_round_trip_and_bad_names_are_one_line_errors():
+    name = sweep.RUN_NAME.format(ranks=16, samples=160000, repeat=3)
+    assert sweep.parse_run_name(f"results/sweep/runs/{name}") == (16, 160000, 3)
+    with pytest.raises(SaeError, match="not a sweep run file"):
+        sweep.parse_run_name("model.h5")
+
+
+def test_run_record_names_a_missing_attribute():
+    attrs = {k: 1 for k in sweep.RUN_COLUMNS if k not in ("repeat", "comm_seconds_max")}
+    with pytest.raises(SaeError, match="'comm_seconds_max' missing"):
+        sweep.run_record(attrs, 1, "m.h5")
+
+
+def test_csv_round_trip_keeps_every_bit(tmp_path):
+    rows = [run_row(1, 1000, loop=1 / 3), run_row(2, 1000, loop=np.float64(2 / 7), evaluations=np.int64(5))]
+    sweep.write_csv(tmp_path / "r.csv", rows, sweep.RUN_COLUMNS)
+    back = sweep.read_csv(tmp_path / "r.csv", sweep.RUN_COLUMNS)
+    assert back == [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in rows]
+    assert not list(tmp_path.glob(".*tmp*"))
+    (tmp_path / "bad.csv").write_text("ranks,samples\n1,x\n")
+    with pytest.raises(SaeError, match="missing columns"):
+        sweep.read_csv(tmp_path / "bad.csv", sweep.RUN_COLUMNS)
+
+
+def test_speedup_is_the_median_ratio_and_efficiency_is_speedup_over_p():
+    rows = [run_row(1, 1000, r, loop) for r, loop in enumerate([4.0, 4.4, 3.9], 1)]
+    rows += [run_row(4, 1000, r, loop) for r, loop in enumerate([1.3, 1.25, 1.2], 1)]
+    rows += [run_row(1, 2000, 1, 8.0), run_row(4, 2000, 1, 2.0)]
+    points = {(p["ranks"], p["samples"]): p for p in sweep.scaling(rows)}
+    assert points[4, 1000]["speedup"] == pytest.approx(4.0 / 1.25)
+    assert points[4, 1000]["loop_seconds_min"] == 1.2 and points[4, 1000]["loop_seconds_max"] == 1.3
+    assert points[4, 2000]["efficiency"] == pytest.approx(1.0)
+    for p in points.values():
+        assert p["efficiency"] == pytest.approx(p["speedup"] / p["ranks"])
+    assert points[1, 1000]["speedup"] == 1.0 and points[1, 1000]["runs"] == 3
+    with pytest.raises(SaeError, match="speedup needs ranks 1"):
+        sweep.scaling([run_row(2, 1000)])
+
+
+def test_markdown_table_is_the_reports_layout():
+    rows = [
+        run_row(p, n, r, loop=n / 1000 / p + r / 100)
+        for p in (1, 2)
+        for n in (1000, 20000)
+        for r in (1, 2, 3)
+    ]
+    rows.remove(next(r for r in rows if (r["ranks"], r["samples"]) == (2, 20000)))
+    text = sweep.markdown_table(rows)
+    lines = text.splitlines()
+    assert lines[0] == "| Processes / Training size | 1,000 | 20,000 |"
+    assert lines[2] == "| 1 | 1.02 s | 20.02 s |"  # the median of three repeats
+    assert lines[3].startswith("| 2 | 0.52 s | ")
+    assert "the same on every process count" in text and "1,000: 100" in text
+    rows[0]["evaluations"] = 101
+    assert "DIFFER" in sweep.markdown_table(rows)
+    assert sweep.evaluations_by_size(rows)[1000] == [100, 101]
+
+
+def test_breakdown_parts_add_up_to_the_loop():
+    parts = sweep.breakdown([run_row(1, 1000, loop=2.0), run_row(2, 1000, loop=1.0)])
+    for p in parts:
+        total = sum(p[k] for k in sweep.BREAKDOWN_PARTS)
+        assert total == pytest.approx(p["loop"])
+        assert sum(p[f"{k}_share"] for k in sweep.BREAKDOWN_PARTS) == pytest.approx(1.0)
+    assert parts[0]["imbalance"] == pytest.approx(0.1 * 2.0)
+
+
+def test_tree_steps_and_whole_blocks():
+    assert list(sweep.tree_steps([1, 2, 3, 4, 5, 16, 17])) == [0, 1, 2, 2, 3, 4, 5]
+    # 1000 rows = 8 blocks of 128 (the last 104 rows): 2 ranks hold 4 blocks, 16 ranks 1 block.
+    assert list(sweep.busiest_rows(1000, [1, 2, 3, 16], 128)) == [1000, 512, 384, 128]
+
+
+def synthetic(truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), scales=(0.25, 1, 4)):
+    """Runs and a benchmark generated exactly by the model with parameters ``truth``."""
+    runs = []
+    for p in ranks:
+        for n in sizes:
+            e = 400 + n // 10_000
+            rows = float(sweep.busiest_rows(n, p, 128))
+            comm = float(sweep.comm_time(truth, p))
+            compute = e * (truth["compute_per_patch"] * rows + truth["compute_fixed"])
+            optimizer = e * truth["optimizer"]
+            runs.append(
+                run_row(
+                    p,
+                    n,
+                    evaluations=e,
+                    loop=compute + e * comm + optimizer,
+                    compute_seconds_max=compute,
+                    compute_seconds_mean=compute,
+                    optimizer_seconds=optimizer,
+                    load_seconds_max=truth["load_fixed"] + truth["load_per_patch"] * rows,
+                )
+            )
+    bench = []
+    for p in ranks:
+        for s in scales:
+            nbytes = s * truth["buffer_bytes"]
+            seconds = float(sweep.tree_steps(p)) * (2 * truth["alpha"] + truth["beta"] * nbytes) + 1e-7 * (
+                p == 1
+            )
+            bench.append({"ranks": p, "scale": s, "bytes": nbytes, "seconds": seconds})
+    return runs, bench
+
+
+TRUTH = {
+    "block_size": 128,
+    "compute_per_patch": 3e-7,
+    "compute_fixed": 2e-4,
+    "optimizer": 4e-4,
+    "load_per_patch": 1e-6,
+    "load_fixed": 2e-3,
+    "alpha": 3e-6,
+    "beta": 2e-10,
+    "buffer_bytes": 8.0 * (objective.Sums(64, 25).size + objective.n_params(64, 25) + 1),
+}
+
+
+def test_fit_recovers_the_parameters_that_made_the_data():
+    runs, bench = synthetic(TRUTH)
+    model = sweep.fit_model(runs, bench)
+    for key, value in TRUTH.items():
+        assert model[key] == pytest.approx(value, rel=1e-6), key
+    assert model["benchmark_ranks"] == [1, 2, 4, 8]
+    for check in sweep.validation(model, runs):
+        assert abs(check["relative_error"]) < 1e-6
+
+
+def test_model_predictions_behave():
+    model = {**TRUTH, "evaluations": 400.0}
+    s, e = sweep.predicted_speedup(model, np.array([1.0, 2.0, 1024.0]), 1e4)
+    assert s[0] == pytest.approx(1.0) and np.all(s <= [1, 2, 1024])
+    assert e[2] < 0.01  # 79 blocks cannot keep 1024 ranks busy
+    _, e_big = sweep.predicted_speedup(model, 1024.0, 1e9)
+    assert e_big > 0.9  # plenty of rows: compute dominates
+    parts = sweep.predict(model, 8, 1e6)
+    assert parts["total"] == pytest.approx(
+        sum(parts[k] for k in ("load", "compute", "communication", "optimizer"))
+    )
+    assert sweep.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
+
+
+def test_without_a_multi_rank_benchmark_communication_is_free():
+    assert sweep.fit_collectives([{"ranks": 1, "scale": 1.0, "bytes": 100.0, "seconds": 1e-6}]) == (0.0, 0.0)
+
+
+# --- The collectives benchmark on real MPI ranks --------------------------------------------------
+
+
+def test_collectives_benchmark_times_the_models_buffers_on_two_ranks(tmp_path):
+    patches = make_patches_file(tmp_path / "p.h5", 300)
+    out = tmp_path / "c.csv"
+    args = ["--side", 8, "--hidden", 25, "--scales", 0.5, 1, "--repeats", 20]
+    mpirun(2, SCRIPTS / "sweep_collectives.py", patches, out, *args)
+    rows = sweep.read_csv(out, sweep.COLLECTIVE_COLUMNS)
+    assert [r["scale"] for r in rows] == [0.5, 1.0]
+    one = rows[1]
+    assert one["reduce_doubles"] == objective.Sums(64, 25).size
+    assert one["bcast_doubles"] == objective.n_params(64, 25) + 1
+    assert one["bytes"] == 8 * (one["reduce_doubles"] + one["bcast_doubles"])
+    assert all(r["ranks"] == 2 and 0 < r["seconds_min"] <= r["seconds"] < 1 for r in rows)
+    bad = mpirun(
+        2,
+        SCRIPTS / "sweep_collectives.py",
+        patches,
+        out,
+        *args[:4],
+        "--scales",
+        2,
+        "--repeats",
+        5,
+        check=False,
+    )
+    assert bad.returncode != 0 and "error: --scales must include 1" in bad.stderr
+
+
+# --- A tiny real sweep with Snakemake ------------------------------------------------------------
+
+
+def job_events(stderr):
+    """(event, jobid, rule, threads) in Snakemake's order: event is "start" or "end"."""
+    events = []
+    for block in re.split(r"\n(?=\[\w{3} \w{3} )", stderr):
+        start = re.search(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", block, re.M)
+        if start:
+            body = start.group(2)
+            jobid = int(re.search(r"jobid: (\d+)", body).group(1))
+            threads = re.search(r"threads: (\d+)", body)
+            events.append(("start", jobid, start.group(1), int(threads.group(1)) if threads else 1))
+        for jobid, rule in re.findall(r"Finished jobid: (\d+) \(Rule: (\w+)\)", block):
+            events.append(("end", int(jobid), rule, None))
+    return events
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    for name in ("Snakefile", "workflow", "config"):
+        src = REPO / name
+        dst = folder / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    config = sweep_config(folder, "tiny.yaml", TINY)
+    proc = snakemake(folder, "sweep", "--cores", "2", "--configfile", config)
+    return folder, proc
+
+
+def test_tiny_sweep_writes_every_output(tiny_sweep):
+    folder, _ = tiny_sweep
+    out = folder / "results" / "sweep"
+    for name in ("runtimes.csv", "runtimes.md", "scaling.csv", "model.json"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("speedup.png", "efficiency.png", "breakdown.png", "model.png"):
+        png = matplotlib.image.imread(out / name)
+        assert png.shape[0] > 300 and png.shape[1] > 500 and png[..., :3].std() > 0.05, name
+    assert sorted(p.name for p in (out / "collectives").iterdir()) == ["p1.csv", "p2.csv"]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_tiny_sweep_csv_has_one_row_per_point(tiny_sweep):
+    folder, _ = tiny_sweep
+    rows = sweep.read_csv(folder / "results" / "sweep" / "runtimes.csv", sweep.RUN_COLUMNS)
+    points = [(r["ranks"], r["samples"], r["repeat"]) for r in rows]
+    assert sorted(points) == [(p, n, 1) for p in TINY["ranks"] for n in TINY["sizes"]]
+    with open(folder / "results" / "sweep" / "runtimes.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["ranks", "samples", "repeat", "evaluations"]
+    for r in rows:
+        assert r["iterations"] == TINY["iterations"] and r["evaluations"] >= r["iterations"]
+        for key in ("loop", "compute", "comm", "load"):
+            assert 0 <= r[f"{key}_seconds_mean"] <= r[f"{key}_seconds_max"] * (1 + 1e-12), key
+        assert r["compute_seconds_max"] + r["optimizer_seconds"] <= r["loop_seconds_max"] * 1.01
+
+
+def test_tiny_sweep_evaluations_and_cost_are_equal_across_ranks(tiny_sweep):
+    folder, _ = tiny_sweep
+    rows = sweep.read_csv(folder / "results" / "sweep" / "runtimes.csv", sweep.RUN_COLUMNS)
+    for n in TINY["sizes"]:
+        same = [r for r in rows if r["samples"] == n]
+        assert len({r["evaluations"] for r in same}) == 1
+        assert len({r["cost"] for r in same}) == 1  # bit for bit: the model is rank-invariant
+    table = (folder / "results" / "sweep" / "runtimes.md").read_text()
+    assert "| Processes / Training size | 1,000 | 2,000 |" in table
+    assert "the same on every process count" in table
+    assert re.search(r"^\| 2 \| \d+\.\d\d s \| \d+\.\d\d s \|$", table, re.M)
+
+
+def test_tiny_sweep_efficiency_is_speedup_over_p(tiny_sweep):
+    folder, _ = tiny_sweep
+    out = folder / "results" / "sweep"
+    runs = sweep.read_csv(out / "runtimes.csv", sweep.RUN_COLUMNS)
+    loop = {(r["ranks"], r["samples"]): r["loop_seconds_max"] for r in runs}
+    points = sweep.read_csv(out / "scaling.csv", sweep.SCALING_COLUMNS)
+    assert len(points) == len(TINY["ranks"]) * len(TINY["sizes"])
+    for p in points:
+        assert p["speedup"] == pytest.approx(
+            loop[1, p["samples"]] / loop[p["ranks"], p["samples"]], rel=1e-12
+        )
+        assert p["efficiency"] == pytest.approx(p["speedup"] / p["ranks"], rel=1e-12)
+
+
+def test_tiny_sweep_model_is_fitted(tiny_sweep):
+    folder, _ = tiny_sweep
+    fit = json.loads((folder / "results" / "sweep" / "model.json").read_text())
+    model = fit["model"]
+    assert model["compute_per_patch"] > 0 and model["alpha"] + model["beta"] > 0
+    assert model["benchmark_ranks"] == [1, 2] and model["block_size"] == 128
+    assert len(fit["validation"]) == 4
+
+
+def test_timing_jobs_run_one_at_a_time_on_as_many_cores_as_ranks(tiny_sweep):
+    """The sweep_timing resource (limit 1) serializes them, though 2 cores would fit two 1-rank jobs."""
+    _, proc = tiny_sweep
+    events = job_events(proc.stderr)
+    rules = {jobid: rule for kind, jobid, rule, _ in events if kind == "start"}
+    assert (
+        sorted(r for r in rules.values() if r in TIMING_RULES)
+        == ["sweep_collectives"] * 2 + ["sweep_train"] * 4
+    )
+    running, most = set(), 0
+    for kind, jobid, rule, _ in events:
+        if rule not in TIMING_RULES:
+            continue
+        if kind == "start":
+            running.add(jobid)
+            most = max(most, len(running))
+        else:
+            running.discard(jobid)
+    assert most == 1
+    starts = [e for e in events if e[0] == "start" and e[2] in TIMING_RULES]
+    assert {t for *_, t in starts} == {1, 2}
+    assert all(f"tasks={t}" in proc.stderr for t in (1, 2))
+
+
+def test_paper_grid_plans_the_reports_75_runs(workflow_copy):
+    out = snakemake(
+        workflow_copy, "sweep", "-n", "--configfile", workflow_copy / "config" / "paper.yaml"
+    ).stdout
+    table = out.split("Job stats:")[1].split("total")[0]
+    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
+    assert counts["sweep_train"] == 5 * 5 * 3 and counts["sweep_collectives"] == 5
+
+
+def test_sweep_without_one_rank_is_a_one_line_config_error(workflow_copy):
+    config = sweep_config(workflow_copy, "bad.yaml", {"ranks": [2, 4]}, images=False)
+    proc = snakemake(workflow_copy, "sweep", "-n", "--configfile", config, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "sweep.ranks" in errors[0]

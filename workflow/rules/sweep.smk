@@ -1,0 +1,153 @@
+# Scaling sweep: `snakemake --cores 2 sweep` times the MPI training over config
+# `sweep` (ranks x sizes x repeats) and writes results/sweep/: runtimes.csv,
+# runtimes.md, scaling.csv, speedup.png, efficiency.png, breakdown.png, model.png
+# and model.json. Timing runs train as rule `train` does, without checkpoints.
+
+SWEEP = config["sweep"]
+SWEEP_RUNS = expand(
+    "results/sweep/runs/p{ranks}_n{samples}_r{repeat}.h5",
+    ranks=SWEEP["ranks"],
+    samples=SWEEP["sizes"],
+    repeat=range(1, SWEEP["repeats"] + 1),
+)
+
+# Timing runs must not share cores: each holds one `sweep_timing` unit, and the
+# limit is 1 unless given on the command line (--resources sweep_timing=N).
+workflow.global_resources.setdefault("sweep_timing", 1)
+
+
+rule sweep_patches:
+    input:
+        "results/images.h5",
+    output:
+        "results/sweep/patches.h5",
+    log:
+        "results/logs/sweep/patches.log",
+    conda:
+        "../envs/sae.yaml"
+    params:
+        n=max(SWEEP["sizes"]),
+        side=config["patches"]["side"],
+        seed=config["patches"]["seed"],
+    shell:
+        logged(
+            "python workflow/scripts/sample_patches.py {input} {output}"
+            " --count {params.n} --side {params.side} --seed {params.seed}"
+        )
+
+
+rule sweep_train:
+    input:
+        "results/sweep/patches.h5",
+    output:
+        "results/sweep/runs/p{ranks}_n{samples}_r{repeat}.h5",
+    log:
+        "results/logs/sweep/train_p{ranks}_n{samples}_r{repeat}.log",
+    wildcard_constraints:
+        ranks=r"[1-9]\d*",
+        samples=r"[1-9]\d*",
+        repeat=r"[1-9]\d*",
+    conda:
+        "../envs/sae.yaml"
+    threads: lambda wildcards: int(wildcards.ranks)
+    resources:
+        tasks=lambda wildcards: int(wildcards.ranks),
+        mpi="mpiexec",
+        sweep_timing=1,
+        memory_mb=config["train"]["memory_mb"] or 0,
+    params:
+        **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
+    shell:
+        train_shell("--samples {wildcards.samples}")
+
+
+rule sweep_collectives:
+    input:
+        "results/sweep/patches.h5",
+    output:
+        "results/sweep/collectives/p{ranks}.csv",
+    log:
+        "results/logs/sweep/collectives_p{ranks}.log",
+    wildcard_constraints:
+        ranks=r"[1-9]\d*",
+    conda:
+        "../envs/sae.yaml"
+    threads: lambda wildcards: int(wildcards.ranks)
+    resources:
+        tasks=lambda wildcards: int(wildcards.ranks),
+        mpi="mpiexec",
+        sweep_timing=1,
+    params:
+        side=config["patches"]["side"],
+        hidden=config["train"]["hidden"],
+        scales="0.0625 0.125 0.25 0.5 1 2 4",
+        repeats=300,
+    shell:
+        logged(
+            "{resources.mpi} -n {resources.tasks} python workflow/scripts/sweep_collectives.py {input} {output}"
+            " --side {params.side} --hidden {params.hidden} --scales {params.scales} --repeats {params.repeats}"
+        )
+
+
+rule sweep_runtimes:
+    input:
+        SWEEP_RUNS,
+    output:
+        "results/sweep/runtimes.csv",
+    log:
+        "results/logs/sweep/runtimes.log",
+    conda:
+        "../envs/sae.yaml"
+    shell:
+        logged("python workflow/scripts/sweep_runtimes.py {output} {input}")
+
+
+rule sweep_report:
+    input:
+        "results/sweep/runtimes.csv",
+    output:
+        table="results/sweep/runtimes.md",
+        scaling="results/sweep/scaling.csv",
+        speedup="results/sweep/speedup.png",
+        efficiency="results/sweep/efficiency.png",
+        breakdown="results/sweep/breakdown.png",
+    log:
+        "results/logs/sweep/report.log",
+    conda:
+        "../envs/sae.yaml"
+    shell:
+        logged(
+            "python workflow/scripts/sweep_report.py {input} --table {output.table} --scaling {output.scaling}"
+            " --speedup {output.speedup} --efficiency {output.efficiency} --breakdown {output.breakdown}"
+        )
+
+
+rule sweep_model:
+    input:
+        runtimes="results/sweep/runtimes.csv",
+        collectives=expand(
+            "results/sweep/collectives/p{ranks}.csv", ranks=SWEEP["ranks"]
+        ),
+    output:
+        fit="results/sweep/model.json",
+        plot="results/sweep/model.png",
+    log:
+        "results/logs/sweep/model.log",
+    conda:
+        "../envs/sae.yaml"
+    params:
+        max_ranks=1024,
+        max_samples=10**8,
+    shell:
+        logged(
+            "python workflow/scripts/sweep_model.py {input.runtimes} {input.collectives}"
+            " --fit {output.fit} --plot {output.plot}"
+            " --max-ranks {params.max_ranks} --max-samples {params.max_samples}"
+        )
+
+
+rule sweep:
+    input:
+        rules.sweep_runtimes.output,
+        rules.sweep_report.output,
+        rules.sweep_model.output,

@@ -1,0 +1,6 @@
+"""Import before numpy in MPI entry scripts: one BLAS thread per rank (the ranks are the parallelism)."""
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"

@@ -1,0 +1,66 @@
+"""Rule sweep_collectives: time one evaluation's Bcast + Reduce on the model's buffers.
+
+Launch with ``mpiexec -n RANKS python sweep_collectives.py ...``; rank 0 writes
+one CSV row per buffer scale (1 = the model's buffers) for the performance model.
+"""
+
+import argparse
+import sys
+import traceback
+
+from mpi4py import MPI
+
+import sae.one_blas_thread  # noqa: F401  (first: before numpy)
+from sae import SaeError, cli, h5io, parallel, sweep
+
+COMM = MPI.COMM_WORLD
+
+
+def body():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("patches", help="patches.h5 of the sweep (its width v = side * side)")
+    parser.add_argument("out", help="CSV to write")
+    parser.add_argument("--side", type=int, required=True)
+    parser.add_argument("--hidden", type=int, required=True)
+    parser.add_argument(
+        "--scales", type=float, nargs="+", required=True, help="buffer sizes, 1 = the model's"
+    )
+    parser.add_argument("--repeats", type=int, required=True, help="timed Bcast + Reduce pairs per scale")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if 1.0 not in args.scales:
+        raise SaeError("--scales must include 1 (the model's own buffers)")
+    parallel.agree(COMM, h5io.patches_info, args.patches, args.side)
+    v = args.side * args.side
+    try:
+        rows = parallel.time_collectives(COMM, v, args.hidden, args.scales, args.repeats, args.seed)
+    except Exception:
+        if COMM.size == 1:
+            raise
+        traceback.print_exc()
+        sys.stderr.flush()
+        COMM.Abort(1)
+    if COMM.rank != 0:
+        return
+    records = [
+        {
+            "ranks": COMM.size,
+            "scale": scale,
+            "reduce_doubles": int(reduce_),
+            "bcast_doubles": int(bcast),
+            "bytes": sweep.DOUBLE * int(reduce_ + bcast),
+            "seconds": seconds,
+            "seconds_min": fastest,
+        }
+        for scale, (reduce_, bcast, seconds, fastest) in zip(args.scales, rows, strict=True)
+    ]
+    for r in records:
+        print(
+            f"{COMM.size} ranks, scale {r['scale']:g}: Bcast {r['bcast_doubles']} + Reduce "
+            f"{r['reduce_doubles']} doubles: {r['seconds'] * 1e6:.1f} us"
+            f" (fastest {r['seconds_min'] * 1e6:.1f} us)"
+        )
+    sweep.write_csv(args.out, records, sweep.COLLECTIVE_COLUMNS)
+
+
+cli.main(body, quiet=COMM.rank != 0)

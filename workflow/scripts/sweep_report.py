@@ -1,0 +1,40 @@
+"""Rule sweep_report: the runtime table, speedup, efficiency and breakdown from runtimes.csv."""
+
+import argparse
+import logging
+
+from sae import cli, h5io, sweep
+
+log = logging.getLogger("sweep_report")
+
+
+def body():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runtimes", help="runtimes.csv to read")
+    parser.add_argument("--table", required=True, help="runtimes.md to write")
+    parser.add_argument(
+        "--scaling", required=True, help="scaling.csv to write (medians, speedup, efficiency)"
+    )
+    parser.add_argument("--speedup", required=True, help="speedup.png to write")
+    parser.add_argument("--efficiency", required=True, help="efficiency.png to write")
+    parser.add_argument("--breakdown", required=True, help="breakdown.png to write")
+    args = parser.parse_args()
+    rows = sweep.read_csv(args.runtimes, sweep.RUN_COLUMNS)
+    if any(len(v) > 1 for v in sweep.evaluations_by_size(rows).values()):
+        log.warning("evaluations differ between rank counts of one size: %s", sweep.evaluations_by_size(rows))
+    table = sweep.markdown_table(rows)
+    with h5io.atomic_path(args.table) as tmp:
+        tmp.write_text(table)
+    points = sweep.scaling(rows)
+    sweep.write_csv(args.scaling, points, sweep.SCALING_COLUMNS)
+    sweep.plot_scaling(points, args.speedup, "speedup")
+    sweep.plot_scaling(points, args.efficiency, "efficiency")
+    sweep.plot_breakdown(sweep.breakdown(rows), args.breakdown)
+    print(table)
+    for p in points:
+        print(
+            f"N={p['samples']} p={p['ranks']}: speedup {p['speedup']:.3f}, efficiency {p['efficiency']:.3f}"
+        )
+
+
+cli.main(body)

@@ -1,0 +1,21 @@
+"""Rule sweep_runtimes: the timings of every timed run (model files) as runtimes.csv."""
+
+import argparse
+
+from sae import cli, sweep
+
+
+def body():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", help="runtimes.csv to write")
+    parser.add_argument("runs", nargs="+", help="model files named p{ranks}_n{samples}_r{repeat}.h5")
+    args = parser.parse_args()
+    rows = sweep.sort_runs([sweep.read_run(path) for path in args.runs])
+    sweep.write_csv(args.out, rows, sweep.RUN_COLUMNS)
+    for n, evaluations in sweep.evaluations_by_size(rows).items():
+        same = "the same on every rank count" if len(evaluations) == 1 else "DIFFERENT across rank counts"
+        print(f"{n} samples: evaluations {evaluations} ({same})")
+    print(f"wrote {len(rows)} runs to {args.out}")
+
+
+cli.main(body)

@@ -22,6 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
+import sae.one_blas_thread  # noqa: E402, F401  (before numpy: one BLAS thread, as each rank has)
+
+# isort: split
 import argparse  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -33,7 +36,6 @@ import time  # noqa: E402
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-import sae.one_blas_thread  # noqa: E402, F401  (before numpy: one BLAS thread, as each rank has)
 from sae import h5io, images, objective, patches  # noqa: E402
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add

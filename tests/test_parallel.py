@@ -1,12 +1,13 @@
 """The MPI layer: shards, and the reduced objective on real MPI processes."""
 
 import itertools
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, mpirun
+from conftest import REPO, mpirun, run
 from sae import objective, parallel
 
 
@@ -32,3 +33,22 @@ def test_reduced_cost_and_gradient_equal_the_single_process_ones(tmp_path, patch
     assert float(got["cost"]) == cost  # bit for bit, not approximately
     assert np.array_equal(got["grad"], grad)
     assert 0 < int(got["rows"]) < 1001 and int(got["evaluations"]) == 1
+
+
+def test_mpi_entry_scripts_pin_one_blas_thread_before_numpy_loads(tmp_path):
+    """The first import of every MPI entry script pins BLAS to one thread, and it takes effect."""
+    import ast
+
+    for script in ("train_model.py", "sweep_collectives.py"):
+        tree = ast.parse((REPO / "workflow" / "scripts" / script).read_text())
+        first = next(node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom))
+        assert isinstance(first, ast.Import) and first.names[0].name == "sae.one_blas_thread", script
+    probe = (
+        "import sae.one_blas_thread, time, numpy as np\n"
+        "a = np.random.default_rng(0).random((1200, 1200))\n"
+        "c, w = time.process_time(), time.perf_counter()\n"
+        "for _ in range(8): a @ a\n"
+        "print((time.process_time() - c) / (time.perf_counter() - w))\n"
+    )
+    out = run([sys.executable, "-c", probe], cwd=REPO / "workflow" / "scripts").stdout
+    assert float(out) < 1.3  # CPU time per wall time: one thread busy, not two

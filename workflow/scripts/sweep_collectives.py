@@ -4,13 +4,15 @@ Launch with ``mpiexec -n RANKS python sweep_collectives.py ...``; rank 0 writes
 one CSV row per buffer scale (1 = the model's buffers) for the performance model.
 """
 
+import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before numpy loads)
+
+# isort: split
 import argparse
 import sys
 import traceback
 
 from mpi4py import MPI
 
-import sae.one_blas_thread  # noqa: F401  (first: before numpy)
 from sae import SaeError, cli, h5io, parallel, sweep
 
 COMM = MPI.COMM_WORLD

@@ -4,13 +4,15 @@ Launch with ``mpiexec -n RANKS python train_model.py ...``; every rank reads
 only its own rows of patches.h5, rank 0 writes the model.
 """
 
+import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before numpy loads)
+
+# isort: split
 import argparse
 import sys
 import traceback
 
 from mpi4py import MPI
 
-import sae.one_blas_thread  # noqa: F401  (first: before numpy)
 from sae import SaeError, cli, train
 
 COMM = MPI.COMM_WORLD

@@ -42,6 +42,16 @@ include: "workflow/rules/filters.smk"
 include: "workflow/rules/sweep.smk"
 
 
+# Plots and tables are light: on a cluster they run where Snakemake runs.
+localrules:
+    all,
+    filters,
+    sweep,
+    sweep_runtimes,
+    sweep_report,
+    sweep_model,
+
+
 rule all:
     default_target: True
     input:

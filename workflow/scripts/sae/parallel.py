@@ -39,7 +39,10 @@ class DistributedObjective:
         self.comm, self.blocks, self.n_total, self.v, self.h = comm, blocks, n_total, v, h
         self.hyper = (rho, lam, beta)
         self.kernel = BlockKernel(v, h, block_size, dtype)
-        local_max = np.array([max(float(np.abs(b[:, :-1]).max(initial=0)) for b in blocks)])
+        # max |x| without a temporary the size of the shard
+        local_max = np.array(
+            [max(max(b[:, :-1].max(initial=0), -b[:, :-1].min(initial=0)) for b in blocks)], dtype=np.float64
+        )
         self.xmax = np.empty(1)
         comm.Allreduce(local_max, self.xmax, op=MPI.MAX)
         self.message = np.empty(n_params(self.v, h) + 1)  # theta, then the command

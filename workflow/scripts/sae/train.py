@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import resource
 import signal
 import time
@@ -216,6 +217,10 @@ def run(comm, hp: dict, job: Job) -> None:
         if job.cores_granted is not None and job.cores_granted > comm.size:
             note = f" (Snakemake granted {job.cores_granted} cores; capped at this machine's CPUs)"
         log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
+        if "SLURM_JOB_ID" in os.environ:
+            log.info(
+                "Slurm job %s, %s tasks", os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_NTASKS", "?")
+            )
         if isinstance(blocks, StreamedShard):
             log.info("shards exceed train.memory_mb = %g: streaming them from HDF5", job.memory_mb)
 

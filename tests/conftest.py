@@ -108,3 +108,6 @@ def workflow_copy(tmp_path):
         else:
             shutil.copy(src, tmp_path / name)
     return tmp_path
+
+
+sys.path.insert(0, str(REPO / "tests"))  # slurm_cluster, the test cluster harness

@@ -55,10 +55,16 @@ def train_params(count, iterations):
     )
 
 
-def train_shell(extra):
-    """The logged training command of both training rules, with their own ``extra`` flags."""
+MPI_LAUNCH = "{resources.mpi} -n {resources.tasks} "
+
+
+def train_shell(extra, launch=MPI_LAUNCH):
+    """The logged training command of the training rules, with their own ``extra`` flags.
+
+    launch: the MPI launcher prefix; "" runs one plain process (an MPI singleton).
+    """
     return logged(
-        "{resources.mpi} -n {resources.tasks} python workflow/scripts/train_model.py {input} {output}"
+        f"{launch}python workflow/scripts/train_model.py {{input}} {{output}}"
         " --side {params.side} --hidden {params.hidden} --rho {params.rho} --lambda {params.lam}"
         " --beta {params.beta} --iterations {params.iterations} --seed {params.seed}"
         " --block-size {params.block_size} --precision {params.precision}"

@@ -36,6 +36,30 @@ rule sweep_patches:
         )
 
 
+# A timing run on one rank is a plain process (an MPI singleton): on Slurm a job with
+# an `mpi` resource must have more than one task, so such a run is an ordinary one-task
+# job there, which Slurm's job step starts with srun. Runs on more ranks use the
+# launcher of rule `train` (mpiexec, or what a profile sets, e.g. srun on Slurm).
+def train_launcher():
+    """The `mpi` resource that --set-resources (or a profile) gives rule train, else mpiexec."""
+    try:
+        value = workflow.resource_settings.overwrite_resources["train"]["mpi"]
+    except KeyError:
+        return "mpiexec"
+    return str(getattr(value, "raw", value)).strip("'\"")  # a snakemake Resource, or the plain value
+
+
+SWEEP_LAUNCHER = train_launcher()
+
+
+def sweep_mpi(wildcards):
+    return SWEEP_LAUNCHER if int(wildcards.ranks) > 1 else ""
+
+
+def sweep_launch(wildcards, resources):
+    return f"{resources.mpi} -n {resources.tasks} " if resources.mpi else ""
+
+
 rule sweep_train:
     input:
         "results/sweep/patches.h5",
@@ -52,13 +76,14 @@ rule sweep_train:
     threads: lambda wildcards: int(wildcards.ranks)
     resources:
         tasks=lambda wildcards: int(wildcards.ranks),
-        mpi="mpiexec",
+        mpi=sweep_mpi,
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
     params:
         **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
+        launch=sweep_launch,
     shell:
-        train_shell("--samples {wildcards.samples}")
+        train_shell("--samples {wildcards.samples}", "{params.launch}")
 
 
 rule sweep_collectives:
@@ -75,17 +100,18 @@ rule sweep_collectives:
     threads: lambda wildcards: int(wildcards.ranks)
     resources:
         tasks=lambda wildcards: int(wildcards.ranks),
-        mpi="mpiexec",
+        mpi=sweep_mpi,
         sweep_timing=1,
     params:
         side=config["patches"]["side"],
         hidden=config["train"]["hidden"],
         scales="0.0625 0.125 0.25 0.5 1 2 4",
         repeats=300,
+        launch=sweep_launch,
     shell:
         logged(
-            "{resources.mpi} -n {resources.tasks} python workflow/scripts/sweep_collectives.py {input} {output}"
-            " --side {params.side} --hidden {params.hidden} --scales {params.scales} --repeats {params.repeats}"
+            "{params.launch}python workflow/scripts/sweep_collectives.py {input} {output} --side {params.side}"
+            " --hidden {params.hidden} --scales {params.scales} --repeats {params.repeats}"
         )
 
 

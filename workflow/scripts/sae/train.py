@@ -218,9 +218,7 @@ def run(comm, hp: dict, job: Job) -> None:
             note = f" (Snakemake granted {job.cores_granted} cores; capped at this machine's CPUs)"
         log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
         if "SLURM_JOB_ID" in os.environ:
-            log.info(
-                "Slurm job %s, %s tasks", os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_NTASKS", "?")
-            )
+            log.info("running in Slurm job %s", os.environ["SLURM_JOB_ID"])
         if isinstance(blocks, StreamedShard):
             log.info("shards exceed train.memory_mb = %g: streaming them from HDF5", job.memory_mb)
 

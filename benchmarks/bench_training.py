@@ -12,6 +12,7 @@ Every ratio compares numbers measured in this same run on this machine:
 4. two ranks against one: optimization-loop speedup and communication share;
 5. `snakemake --cores 2 results/filters.png` from an empty results/;
 6. peak RSS per rank against the shard's bytes;
+and training streamed from HDF5 (train.memory_mb below the shard) against in memory,
 plus the final cost in float32 against float64, and the share of an evaluation
 spent in the product that the single-reduction scheme adds.
 """
@@ -127,7 +128,7 @@ def extra_product_share(x, block_size, eval_seconds):
           f"of a float32 evaluation at N = {len(x)}.")  # fmt: skip
 
 
-def train(ranks, patches_path, out, iterations, precision, samples=None):
+def train(ranks, patches_path, out, iterations, precision, samples=None, extra=()):
     mpiexec = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     cmd = [mpiexec, "-n", str(ranks), sys.executable, str(REPO / "workflow/scripts/train_model.py"),
            str(patches_path), str(out), "--side", "8", "--hidden", str(H), "--rho", "0.01",
@@ -135,6 +136,7 @@ def train(ranks, patches_path, out, iterations, precision, samples=None):
            "--block-size", "128", "--precision", precision]  # fmt: skip
     if samples:
         cmd += ["--samples", str(samples)]
+    cmd += [str(x) for x in extra]
     subprocess.run(cmd, check=True, capture_output=True)
     with h5py.File(out) as f:
         return dict(f.attrs)
@@ -156,6 +158,28 @@ def mpi_table(patches_path, sizes, iterations):
                   f"| 1 rank: {one['peak_rss_mb_max']:.0f} ({one['shard_mb_max']:.1f}); "
                   f"2 ranks: {two['peak_rss_mb_max']:.0f} ({two['shard_mb_max']:.1f}) |")  # fmt: skip
     print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks.)")
+
+
+def streaming_table(patches_path, n, iterations, cap_mb=4):
+    """Training from HDF5 piece by piece (train.memory_mb below the shard) against in memory."""
+    print(f"\n| N = {n}, 1 rank | loop s | peak RSS MB | model |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = train(1, patches_path, Path(tmp) / "a.h5", iterations, "float32", n)
+        streamed = train(
+            1, patches_path, Path(tmp) / "b.h5", iterations, "float32", n, ["--memory-mb", cap_mb]
+        )
+        with h5py.File(Path(tmp) / "a.h5") as a, h5py.File(Path(tmp) / "b.h5") as b:
+            same = all(np.array_equal(a[k][()], b[k][()]) for k in ("W1", "W2", "b1", "b2"))
+    print(f"| in memory ({whole['shard_mb_max']:.1f} MB shard) | {whole['loop_seconds_max']:.2f} "
+          f"| {whole['peak_rss_mb_max']:.0f} | |")  # fmt: skip
+    print(f"| streamed, memory_mb = {cap_mb} | {streamed['loop_seconds_max']:.2f} "
+          f"| {streamed['peak_rss_mb_max']:.0f} | {'bitwise identical' if same else 'DIFFERENT'} |"
+          )  # fmt: skip
+    print(
+        f"\nStreaming takes {streamed['loop_seconds_max'] / whole['loop_seconds_max']:.2f}x"
+        " the in-memory loop time."
+    )
 
 
 def precision_table(patches_path, n):
@@ -204,6 +228,7 @@ def main():
         kernel_table(x_all, sizes, block_size=128)
         mpi_table(patches_path, sizes, iterations=20 if args.quick else 100)
         precision_table(patches_path, sizes[0])
+        streaming_table(patches_path, sizes[-1], iterations=20 if args.quick else 50)
     workflow_seconds()
 
 

@@ -42,14 +42,22 @@ def test_reads_png_rgb_npy_stack_and_mat(tmp_path):
     imsave(tmp_path / "g.png", gray, check_contrast=False)
     rgb = np.stack([gray, gray // 2, 255 - gray], axis=2)
     imsave(tmp_path / "c.jpg", rgb, check_contrast=False)
+    imsave(tmp_path / "t.tif", gray, check_contrast=False)
     stack = np.stack(smooth_images(3, 32), axis=2)
     np.save(tmp_path / "s.npy", stack)
     scipy.io.savemat(tmp_path / "IMAGES.mat", {"IMAGES": stack})
 
     imgs, names, digests = images.load_files(
-        [tmp_path / "g.png", tmp_path / "c.jpg", tmp_path / "s.npy", tmp_path / "IMAGES.mat"]
+        [
+            tmp_path / "g.png",
+            tmp_path / "c.jpg",
+            tmp_path / "s.npy",
+            tmp_path / "IMAGES.mat",
+            tmp_path / "t.tif",
+        ]
     )
-    assert [img.shape for img in imgs] == [(40, 30), (40, 30)] + [(32, 32)] * 6
+    assert [img.shape for img in imgs] == [(40, 30), (40, 30)] + [(32, 32)] * 6 + [(40, 30)]
+    np.testing.assert_allclose(imgs[8], gray / 255)
     np.testing.assert_allclose(imgs[0], gray / 255)
     np.testing.assert_array_equal(imgs[2], stack[:, :, 0])
     np.testing.assert_array_equal(imgs[7], stack[:, :, 2])

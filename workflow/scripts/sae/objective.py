@@ -37,6 +37,8 @@ ranks and in whatever order they are added.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.special import expit  # the reference's sigmoid
 
@@ -229,27 +231,35 @@ class BlockKernel:
         units += rounded.sum(axis=0)
 
 
+@functools.cache
+def _sums(v: int, h: int) -> Sums:
+    return Sums(v, h)
+
+
 def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: float):
     """Cost and gradient from the global sums over all n patches (see Sums)."""
-    g1, g2, sq = Sums(v, h).views(totals)
+    g1, g2, sq = _sums(v, h).views(totals)
     w1, w2, _, _ = unpack(theta, v, h)
     rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
     k = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
     kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
     cost = sq.sum() / (2 * n) + lam / 2 * (np.vdot(w1, w1) + np.vdot(w2, w2)) + beta * kl.sum()
 
-    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T
-    grad_w1b1 = (g1[:h] / 16 + k[:, None] * (g1[h:] / 4)) / n
+    grad = np.empty_like(theta)
+    grad_w1, grad_w2, grad_b1, grad_b2 = unpack(grad, v, h)
+    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = (G1[:h] / 16 + k G1[h:] / 4)
+    delta2_x1 = k[:, None] * g1[h:]
+    delta2_x1 *= 4.0
+    delta2_x1 += g1[:h]
+    delta2_x1 /= 16 * n
+    np.multiply(w1, lam, out=grad_w1)
+    grad_w1 += delta2_x1[:, :v]
+    grad_b1[:] = delta2_x1[:, v]
     # sum delta3 [a2 1]^T = sum d/4 [(1 + t)/2, 1]^T
-    sum_d_a2 = (g2[:v, :h] + g2[:v, h : h + 1]) / 8
-    grad = np.concatenate(
-        [
-            (grad_w1b1[:, :v] + lam * w1).ravel(),
-            (sum_d_a2 / n + lam * w2).ravel(),
-            grad_w1b1[:, v],
-            g2[:v, h] / (4 * n),
-        ]
-    )
+    np.add(g2[:v, :h], g2[:v, h : h + 1], out=grad_w2)
+    grad_w2 /= 8 * n
+    grad_w2 += lam * w2
+    np.divide(g2[:v, h], 4 * n, out=grad_b2)
     return float(cost), grad
 
 

@@ -8,8 +8,6 @@ import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before nu
 
 # isort: split
 import argparse
-import sys
-import traceback
 
 from mpi4py import MPI
 
@@ -34,14 +32,8 @@ def body():
         raise SaeError("--scales must include 1 (the model's own buffers)")
     parallel.agree(COMM, h5io.patches_info, args.patches, args.side)
     v = args.side * args.side
-    try:
+    with parallel.abort_on_failure(COMM):
         rows = parallel.time_collectives(COMM, v, args.hidden, args.scales, args.repeats, args.seed)
-    except Exception:
-        if COMM.size == 1:
-            raise
-        traceback.print_exc()
-        sys.stderr.flush()
-        COMM.Abort(1)
     if COMM.rank != 0:
         return
     records = [

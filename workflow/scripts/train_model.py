@@ -8,12 +8,10 @@ import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before nu
 
 # isort: split
 import argparse
-import sys
-import traceback
 
 from mpi4py import MPI
 
-from sae import SaeError, cli, train
+from sae import cli, parallel, train
 
 COMM = MPI.COMM_WORLD
 
@@ -61,20 +59,8 @@ def body():
         checkpoint_every=args.checkpoint_every,
         cores_granted=args.cores_granted,
     )
-    try:
+    with parallel.abort_on_failure(COMM):
         train.run(COMM, hp, job)
-    except SystemExit:
-        raise
-    except Exception as err:
-        if COMM.size == 1 or getattr(err, "collective", False) or isinstance(err, train.Interrupted):
-            raise  # every rank is leaving alike (see parallel.agree)
-        # A failure on one rank must not leave the others waiting in a collective.
-        if isinstance(err, SaeError):
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        else:
-            traceback.print_exc()
-        sys.stderr.flush()
-        COMM.Abort(1)
 
 
 cli.main(body, quiet=COMM.rank != 0)

@@ -8,7 +8,10 @@ sums, both uppercase, buffer-based collectives on numpy arrays.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+import traceback
 
 import numpy as np
 from mpi4py import MPI
@@ -110,6 +113,30 @@ def agree(comm, task, *args):
         error.collective = True  # every rank is leaving: no need to abort the others
         raise error
     raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def abort_on_failure(comm):
+    """Let an error end only this rank when all ranks leave alike, else abort them all.
+
+    An error marked ``collective`` (see ``agree``; or raised after the last
+    collective) and SystemExit pass through; any other failure on one rank
+    must not leave the others waiting in a collective, so it is reported
+    here and ends the job with MPI_Abort.
+    """
+    try:
+        yield
+    except SystemExit:
+        raise
+    except Exception as err:
+        if comm.size == 1 or getattr(err, "collective", False):
+            raise
+        if isinstance(err, SaeError):
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
 
 
 def gather_seconds(comm, values) -> np.ndarray | None:

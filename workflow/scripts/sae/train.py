@@ -272,6 +272,7 @@ def run(comm, hp: dict, job: Job) -> None:
     if comm.rank != 0:
         return
     if interrupted is not None:
+        interrupted.collective = True  # the other ranks have left every collective
         raise interrupted
 
     log.info("stopped after %d iterations in all: %s", len(history), result.message)

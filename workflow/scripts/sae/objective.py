@@ -118,23 +118,38 @@ class Sums:
             start += size
         return out
 
-    def grid(self, n_total: int, xmax: float, w2: np.ndarray) -> np.ndarray:
-        """Power-of-two grid step for every element of the buffer.
+    def grid(self, n_total: int, xmax: float) -> np.ndarray:
+        """Power-of-two grid step for every element of the buffer but the b' rows.
 
         Each step is 2**-50 of a bound on the magnitude of that total over all
         n_total patches (|x| <= xmax, |t|, |u| < 1), so any sum of block
-        values rounded onto it is an exact float64 multiple of the step.
+        values rounded onto it is an exact float64 multiple of the step. The
+        first ``b_rows`` elements (rows [:h] of G1) depend on W2: see ``b_step``.
         """
         xm = max(float(xmax), 1.0)
-        m = float(np.abs(w2).sum(axis=0).max())  # |W2^T d| <= m max|d|
         per_patch = np.empty(self.size)
         g1, g2, sq = self.views(per_patch)
-        g1[: self.h] = (1 + xm) * m * xm
+        g1[: self.h] = 0.0
         g1[self.h :] = xm
         g2[:] = 1 + xm
         sq[:] = (1 + xm) ** 2
-        bound = np.maximum(per_patch * n_total, 2.0**-900)
-        return np.ldexp(1.0, np.frexp(bound)[1] - 50)
+        return grid_step(per_patch * n_total)
+
+    @property
+    def b_rows(self) -> int:
+        return self.h * (self.v + 1)
+
+    @staticmethod
+    def b_step(n_total: int, xmax: float, w2: np.ndarray) -> float:
+        """Grid step of the b' rows: their bound is (1 + xm) m xm N, m = max column sum of |W2|."""
+        xm = max(float(xmax), 1.0)
+        m = float(np.abs(w2).sum(axis=0).max())  # |W2^T d| <= m max|d|
+        return float(grid_step((1 + xm) * m * xm * n_total))
+
+
+def grid_step(bound):
+    """2**-50 of the power of two just above ``bound`` (tiny bounds floored at 2**-900)."""
+    return np.ldexp(1.0, np.frexp(np.maximum(bound, 2.0**-900))[1] - 50)
 
 
 class BlockKernel:
@@ -173,17 +188,24 @@ class BlockKernel:
         self.w2h = buffer(v, h + 1)
         self.w2t = buffer(h, v)
         self.inv_step = np.empty(self.sums.size)
+        self.step = np.empty(self.sums.size)
+        self.grid_for = None  # (n_total, xmax) the steps were computed for
 
     def set_params(self, theta: np.ndarray, n_total: int, xmax: float) -> np.ndarray:
-        """Load theta and fix the rounding grid; returns the grid steps."""
+        """Load theta and fix the rounding grid; returns the grid steps (a reused buffer)."""
         w1, w2, b1, b2 = unpack(theta, self.v, self.h)
         # z2/2 = [W1 b1]/2 [x; 1] and z3/2 = [W2/4, b2/2 + W2 1/4] [t; 1], since a2 = (1 + t)/2.
         self.w1h[:, :-1], self.w1h[:, -1] = 0.5 * w1, 0.5 * b1
         self.w2h[:, :-1], self.w2h[:, -1] = 0.25 * w2, 0.5 * b2 + 0.25 * w2.sum(axis=1)
         self.w2t[:] = w2.T
-        step = self.sums.grid(n_total, xmax, w2)
-        np.divide(1.0, step, out=self.inv_step)
-        return step
+        if self.grid_for != (n_total, xmax):  # fixed for a whole run: computed once
+            self.grid_for = (n_total, xmax)
+            self.step[:] = self.sums.grid(n_total, xmax)
+            np.divide(1.0, self.step, out=self.inv_step)
+        b = self.sums.b_rows
+        self.step[:b] = self.sums.b_step(n_total, xmax, w2)
+        self.inv_step[:b] = 1.0 / self.step[0]
+        return self.step
 
     def accumulate(self, blocks: np.ndarray, units: np.ndarray) -> None:
         """Add the sums over ``blocks`` (k, v+1, n), in whole grid steps, to ``units``."""

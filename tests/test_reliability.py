@@ -244,7 +244,8 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         log = log_dir / "train.log"
-        if log.exists() and re.search(r"iteration +1[2-9]/", log.read_text()):
+        done = re.findall(r"iteration +(\d+)/", log.read_text()) if log.exists() else []
+        if done and int(done[-1]) >= 12:  # progress lines come in batches (cli.FLUSH_SECONDS)
             break
         time.sleep(0.02)
     victims = [p for p in rank_pids(proc.pid) if "train_model.py" in open(f"/proc/{p}/cmdline").read()]
@@ -253,6 +254,8 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     log = (log_dir / "train.log").read_text()
-    assert re.search(r"resumed from iteration (1[05]|[2-5][05])", log), log
+    resumed = re.search(r"resumed from iteration (\d+)", log)
+    assert resumed, log
+    assert 10 <= int(resumed.group(1)) < ITERATIONS and int(resumed.group(1)) % 5 == 0
     with h5py.File(workflow_copy / "results" / "model.h5") as f:
-        assert f.attrs["iterations"] == ITERATIONS and f.attrs["resumed_from"] >= 10
+        assert f.attrs["iterations"] == ITERATIONS and f.attrs["resumed_from"] == int(resumed.group(1))

@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import SaeError
+from .cli import flush_logs
 from .objective import BlockKernel, finish, n_params
 
 EVALUATE, STOP = 1.0, 0.0
@@ -131,6 +132,7 @@ def abort_on_failure(comm):
     except Exception as err:
         if comm.size == 1 or getattr(err, "collective", False):
             raise
+        flush_logs()
         if isinstance(err, SaeError):
             print(f"error: {err}", file=sys.stderr, flush=True)
         else:

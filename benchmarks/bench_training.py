@@ -37,7 +37,7 @@ import time  # noqa: E402
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sae import h5io, images, objective, patches  # noqa: E402
+from sae import h5io, images, objective, patches, sweep  # noqa: E402
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
 V, H = 64, 25
@@ -147,35 +147,36 @@ def mpi_table(patches_path, sizes, iterations, repeats):
 
     On a 2-core machine two ranks take every core, so anything else that runs
     (the launcher, the OS) delays them and not one rank: single runs vary by
-    a few percent, as much as the effects measured here.
+    a few percent, as much as the effects measured here. Where two ranks'
+    loop goes is split as the sweep's breakdown does (sweep.breakdown).
     """
-    print("\n| N | loop s, 1 rank | loop s, 2 ranks | speedup (range over pairs) | communication share, "
-          "2 ranks (mean / max over ranks) | peak RSS per rank, MB (shard MB) |")  # fmt: skip
+    print("\n| N | loop s, 1 rank | loop s, 2 ranks | speedup: medians (best runs; range over pairs) "
+          "| 2 ranks, share of loop: compute / imbalance / communication / optimizer step "
+          "| peak RSS per rank, MB (shard MB) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            runs = {1: [], 2: []}
-            for _ in range(repeats):
+            runs = []
+            for repeat in range(repeats):
                 for ranks in (1, 2):
-                    runs[ranks].append(
-                        train(ranks, patches_path, Path(tmp) / "m.h5", iterations, "float32", n)
-                    )
-            assert len({a["evaluations"] for a in runs[1] + runs[2]}) == 1
-            loop = {r: [a["loop_seconds_max"] for a in runs[r]] for r in runs}
-            median = {r: float(np.median(loop[r])) for r in runs}
-            two = runs[2][int(np.argsort(loop[2])[len(loop[2]) // 2])]  # the median two-rank run
-            one = runs[1][0]
+                    attrs = train(ranks, patches_path, Path(tmp) / "m.h5", iterations, "float32", n)
+                    runs.append({**attrs, "repeat": repeat})
+            assert len({a["evaluations"] for a in runs}) == 1
+            loop = {r: [a["loop_seconds_max"] for a in runs if a["ranks"] == r] for r in (1, 2)}
+            median = {r: float(np.median(loop[r])) for r in loop}
             pairs = [a / b for a, b in zip(loop[1], loop[2], strict=True)]
-            mean, top = (
-                two["comm_seconds_mean"] / two["loop_seconds_max"],
-                two["comm_seconds_max"] / two["loop_seconds_max"],
-            )
+            (parts,) = [b for b in sweep.breakdown(runs) if b["ranks"] == 2]
+            shares = " / ".join(f"{100 * parts[f'{k}_share']:.1f}%" for k in sweep.BREAKDOWN_PARTS)
+            rss = {r: max(a["peak_rss_mb_max"] for a in runs if a["ranks"] == r) for r in (1, 2)}
+            shard = {r: runs[r - 1]["shard_mb_max"] for r in (1, 2)}
+            best = min(loop[1]) / min(loop[2])
             print(f"| {n} | {median[1]:.2f} | {median[2]:.2f} | {median[1] / median[2]:.2f}x "
-                  f"({min(pairs):.2f}-{max(pairs):.2f}) | {100 * mean:.1f}% / {100 * top:.1f}% "
-                  f"| 1 rank: {one['peak_rss_mb_max']:.0f} ({one['shard_mb_max']:.1f}); "
-                  f"2 ranks: {two['peak_rss_mb_max']:.0f} ({two['shard_mb_max']:.1f}) |")  # fmt: skip
+                  f"({best:.2f}x; {min(pairs):.2f}-{max(pairs):.2f}) | {shares} "
+                  f"| 1 rank: {rss[1]:.0f} ({shard[1]:.1f}); "
+                  f"2 ranks: {rss[2]:.0f} ({shard[2]:.1f}) |")  # fmt: skip
     print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks; "
-          f"median of {repeats} runs each, alternating.)")  # fmt: skip
+          f"median of {repeats} runs each, alternating. Communication: the slowest rank's loop "
+          "outside compute and rank 0's optimizer step, i.e. collectives on the critical path.)")  # fmt: skip
 
 
 def streaming_table(patches_path, n, iterations, cap_mb=4):

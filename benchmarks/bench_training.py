@@ -168,7 +168,7 @@ def mpi_table(patches_path, sizes, iterations, repeats):
             (parts,) = [b for b in sweep.breakdown(runs) if b["ranks"] == 2]
             shares = " / ".join(f"{100 * parts[f'{k}_share']:.1f}%" for k in sweep.BREAKDOWN_PARTS)
             rss = {r: max(a["peak_rss_mb_max"] for a in runs if a["ranks"] == r) for r in (1, 2)}
-            shard = {r: runs[r - 1]["shard_mb_max"] for r in (1, 2)}
+            shard = {a["ranks"]: a["shard_mb_max"] for a in runs}
             best = min(loop[1]) / min(loop[2])
             print(f"| {n} | {median[1]:.2f} | {median[2]:.2f} | {median[1] / median[2]:.2f}x "
                   f"({best:.2f}x; {min(pairs):.2f}-{max(pairs):.2f}) | {shares} "

@@ -77,7 +77,8 @@ class DistributedObjective:
         self._collective(self.comm.Bcast, self.message, root=0)
         step = self._local_sums()
         self._collective(self.comm.Reduce, self.units, self.totals, op=MPI.SUM, root=0)
-        return finish(self.totals * step, self.message[:-1], self.n_total, self.v, self.h, *self.hyper)
+        self.totals *= step  # grid steps to values
+        return finish(self.totals, self.message[:-1], self.n_total, self.v, self.h, *self.hyper)
 
     def serve(self) -> None:
         """Ranks other than 0: evaluate whenever rank 0 asks, until it says stop."""

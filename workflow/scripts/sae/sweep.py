@@ -99,6 +99,15 @@ def parse_run_name(path) -> tuple[int, int, int]:
     return tuple(int(g) for g in match.groups())
 
 
+def _typed(name: str, value):
+    """A column's value as its type: int, str (HDF5 may give bytes) or float."""
+    if name in INTEGER_COLUMNS:
+        return int(value)
+    if name in TEXT_COLUMNS:
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return float(value)
+
+
 def run_record(attrs: dict, repeat: int, where="model") -> dict:
     """One runtimes.csv row from a model file's attributes."""
     row = {"repeat": int(repeat)}
@@ -110,13 +119,7 @@ def run_record(attrs: dict, repeat: int, where="model") -> dict:
                 row[name] = OPTIONAL_ATTRS[name]
                 continue
             raise SaeError(f"{where}: attribute {name!r} missing (not written by train_model.py?)")
-        value = attrs[name]
-        if name in INTEGER_COLUMNS:
-            row[name] = int(value)
-        elif name in TEXT_COLUMNS:
-            row[name] = value.decode() if isinstance(value, bytes) else str(value)
-        else:
-            row[name] = float(value)
+        row[name] = _typed(name, attrs[name])
     return row
 
 
@@ -163,18 +166,7 @@ def read_csv(path, columns) -> list[dict]:
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise SaeError(f"{path}: missing columns {', '.join(missing)}")
-            rows = []
-            for line in reader:
-                row = {}
-                for name in reader.fieldnames:
-                    value = line[name]
-                    if name in INTEGER_COLUMNS:
-                        row[name] = int(value)
-                    elif name in TEXT_COLUMNS:
-                        row[name] = value
-                    else:
-                        row[name] = float(value)
-                rows.append(row)
+            rows = [{name: _typed(name, line[name]) for name in reader.fieldnames} for line in reader]
     except FileNotFoundError:
         raise SaeError(f"{path}: no such file") from None
     except ValueError as err:

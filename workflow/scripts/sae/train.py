@@ -59,13 +59,13 @@ def fit(objective, theta0, iterations: int, history=(), on_iteration=None):
 
     def fun(theta):
         cost, grad = objective(theta)
-        last.update(theta=theta.copy(), cost=cost, grad_norm=float(np.linalg.norm(grad)))
+        last.update(theta=theta.copy(), cost=cost, grad=grad)
         return cost, grad
 
     def callback(intermediate_result):
         if not np.array_equal(intermediate_result.x, last["theta"]):
             fun(intermediate_result.x)
-        row = (last["cost"], last["grad_norm"], offset + time.perf_counter() - start)
+        row = (last["cost"], float(np.linalg.norm(last["grad"])), offset + time.perf_counter() - start)
         history.append(row)
         log.info(
             "iteration %4d/%d  cost %.6f  |grad| %.3e  evaluations %d  %.2f s",

@@ -7,11 +7,6 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# The rules' Python package (math and I/O as plain, unit-tested functions).
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
-from sae import SaeError
-from sae.config import validate
-
 
 configfile: "config/config.yaml"
 
@@ -20,13 +15,16 @@ envvars:
     "PATH",
 
 
+# Finds this workflow's scripts, package and schema (SCRIPTS, SCHEMA) and puts the
+# package on sys.path.
 include: "workflow/rules/common.smk"
 
 
+from sae import SaeError
+from sae.config import validate
+
 try:
-    validate(
-        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-    )
+    validate(config, SCHEMA)
     IMAGE_FILES = image_files()
 except SaeError as err:
     sys.exit(f"error: {err}")

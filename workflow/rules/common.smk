@@ -1,5 +1,55 @@
 import glob
 
+# This workflow's own files: the entry scripts (one per rule), the package they import,
+# and the config schema. Each is found from this file's location through Snakemake's
+# source cache (workflow.source_path), never from the working directory, so the workflow
+# runs from any directory and as a module of another workflow (from a path or a git host).
+# The cache keeps the folder layout, so the local copies form a runnable scripts folder.
+ENTRY_SCRIPTS = [
+    "load_images.py",
+    "sample_patches.py",
+    "train_model.py",
+    "plot_filters.py",
+    "sweep_collectives.py",
+    "sweep_runtimes.py",
+    "sweep_report.py",
+    "sweep_model.py",
+]
+PACKAGE_MODULES = [
+    "__init__.py",
+    "cli.py",
+    "config.py",
+    "filters.py",
+    "h5io.py",
+    "images.py",
+    "objective.py",
+    "one_blas_thread.py",
+    "parallel.py",
+    "patches.py",
+    "sweep.py",
+    "train.py",
+]
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+for name in [*ENTRY_SCRIPTS, *(f"sae/{module}" for module in PACKAGE_MODULES)]:
+    workflow.source_path(f"../scripts/{name}")  # a local copy of each
+SCRIPTS = Path(workflow.source_path("../scripts/sae/__init__.py")).parents[1]
+sys.path.insert(0, str(SCRIPTS))  # the Snakefile's own imports (config validation)
+# Rules name the scripts folder as "$SAE_SCRIPTS": the shell expands it, so the command
+# text, which Snakemake compares to decide re-runs, holds no path (moving the checkout
+# re-runs nothing), and a path with spaces or quotes stays one word.
+os.environ.update(SAE_SCRIPTS=str(SCRIPTS))  # set here, for the rules' shells
+
+
+# Each shell command runs its entry script the same way, e.g.
+#     logged(f"python {script('plot_filters.py')}" " --opt {params.x:q} -- {input:q} {output:q}")
+# Every field is quoted (:q); options come first, then `--` and the paths. Paths and
+# config values reach the command only through Snakemake's fields, never as Python text.
+def script(name):
+    """The quoted path of entry script workflow/scripts/<name>, for a rule's shell command."""
+    if name not in ENTRY_SCRIPTS:
+        raise ValueError(f"{name}: not in ENTRY_SCRIPTS (workflow/rules/common.smk)")
+    return f'"$SAE_SCRIPTS/{name}"'
+
 
 def image_files():
     """The image files named by images.source (globs expanded); none for "sample"."""
@@ -20,7 +70,7 @@ def image_files():
 
 def logged(command):
     """Shell command with output to the rule's log; on failure its error line also goes to stderr."""
-    return f"({command}) > {{log}} 2>&1 || {{{{ grep -h '^error:' {{log}} >&2; exit 1; }}}}"
+    return f"({command}) > {{log:q}} 2>&1 || {{{{ grep -h '^error:' {{log:q}} >&2; exit 1; }}}}"
 
 
 def train_threads():
@@ -64,12 +114,13 @@ def train_shell(extra, launch=MPI_LAUNCH):
     launch: the MPI launcher prefix; "" runs one plain process (an MPI singleton).
     """
     return logged(
-        f"{launch}python workflow/scripts/train_model.py {{input}} {{output}}"
-        " --side {params.side} --hidden {params.hidden} --rho {params.rho} --lambda {params.lam}"
-        " --beta {params.beta} --iterations {params.iterations} --seed {params.seed}"
-        " --block-size {params.block_size} --precision {params.precision}"
-        " --expect-count {params.n} --expect-seed {params.patches_seed}"
-        f" --memory-mb {{resources.memory_mb}} --cores-granted {{threads}} {extra}"
+        f"{launch}python {script('train_model.py')}"
+        " --side {params.side:q} --hidden {params.hidden:q} --rho {params.rho:q}"
+        " --lambda {params.lam:q} --beta {params.beta:q} --iterations {params.iterations:q}"
+        " --seed {params.seed:q} --block-size {params.block_size:q}"
+        " --precision {params.precision:q} --expect-count {params.n:q}"
+        " --expect-seed {params.patches_seed:q} --memory-mb {resources.memory_mb:q}"
+        f" --cores-granted {{threads}} {extra} -- {{input:q}} {{output:q}}"
     )
 
 

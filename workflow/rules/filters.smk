@@ -8,4 +8,4 @@ rule filters:
     conda:
         "../envs/sae.yaml"
     shell:
-        logged("python workflow/scripts/plot_filters.py {input} {output}")
+        logged(f"python {script('plot_filters.py')}" " -- {input:q} {output:q}")

@@ -12,5 +12,6 @@ rule images:
         whiten="" if config["images"]["whiten"] else "--no-whiten",
     shell:
         logged(
-            "python workflow/scripts/load_images.py {output} {input} {params.whiten}"
+            f"python {script('load_images.py')}"
+            " {params.whiten:q} -- {output:q} {input:q}"
         )

@@ -13,6 +13,7 @@ rule patches:
         seed=config["patches"]["seed"],
     shell:
         logged(
-            "python workflow/scripts/sample_patches.py {input} {output}"
-            " --count {params.n} --side {params.side} --seed {params.seed}"
+            f"python {script('sample_patches.py')}"
+            " --count {params.n:q} --side {params.side:q} --seed {params.seed:q}"
+            " -- {input:q} {output:q}"
         )

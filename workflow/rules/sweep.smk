@@ -31,8 +31,9 @@ rule sweep_patches:
         seed=config["patches"]["seed"],
     shell:
         logged(
-            "python workflow/scripts/sample_patches.py {input} {output}"
-            " --count {params.n} --side {params.side} --seed {params.seed}"
+            f"python {script('sample_patches.py')}"
+            " --count {params.n:q} --side {params.side:q} --seed {params.seed:q}"
+            " -- {input:q} {output:q}"
         )
 
 
@@ -59,7 +60,7 @@ rule sweep_train:
         **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
         launch=sweep_launch,
     shell:
-        train_shell("--samples {wildcards.samples}", "{params.launch}")
+        train_shell("--samples {wildcards.samples:q}", "{params.launch}")
 
 
 rule sweep_collectives:
@@ -81,13 +82,15 @@ rule sweep_collectives:
     params:
         side=config["patches"]["side"],
         hidden=config["train"]["hidden"],
-        scales="0.0625 0.125 0.25 0.5 1 2 4",
+        scales=[0.0625, 0.125, 0.25, 0.5, 1, 2, 4],
         repeats=300,
         launch=sweep_launch,
     shell:
         logged(
-            "{params.launch}python workflow/scripts/sweep_collectives.py {input} {output} --side {params.side}"
-            " --hidden {params.hidden} --scales {params.scales} --repeats {params.repeats}"
+            "{params.launch}"
+            f"python {script('sweep_collectives.py')}"
+            " --side {params.side:q} --hidden {params.hidden:q} --scales {params.scales:q}"
+            " --repeats {params.repeats:q} -- {input:q} {output:q}"
         )
 
 
@@ -101,7 +104,7 @@ rule sweep_runtimes:
     conda:
         "../envs/sae.yaml"
     shell:
-        logged("python workflow/scripts/sweep_runtimes.py {output} {input}")
+        logged(f"python {script('sweep_runtimes.py')}" " -- {output:q} {input:q}")
 
 
 rule sweep_report:
@@ -119,8 +122,10 @@ rule sweep_report:
         "../envs/sae.yaml"
     shell:
         logged(
-            "python workflow/scripts/sweep_report.py {input} --table {output.table} --scaling {output.scaling}"
-            " --speedup {output.speedup} --efficiency {output.efficiency} --breakdown {output.breakdown}"
+            f"python {script('sweep_report.py')}"
+            " --table {output.table:q} --scaling {output.scaling:q} --speedup {output.speedup:q}"
+            " --efficiency {output.efficiency:q} --breakdown {output.breakdown:q}"
+            " -- {input:q}"
         )
 
 
@@ -142,9 +147,10 @@ rule sweep_model:
         max_samples=10**8,
     shell:
         logged(
-            "python workflow/scripts/sweep_model.py {input.runtimes} {input.collectives}"
-            " --fit {output.fit} --plot {output.plot}"
-            " --max-ranks {params.max_ranks} --max-samples {params.max_samples}"
+            f"python {script('sweep_model.py')}"
+            " --fit {output.fit:q} --plot {output.plot:q}"
+            " --max-ranks {params.max_ranks:q} --max-samples {params.max_samples:q}"
+            " -- {input.runtimes:q} {input.collectives:q}"
         )
 
 

@@ -20,5 +20,5 @@ rule train:
         checkpoint="results/checkpoints/model.h5",
     shell:
         train_shell(
-            "--checkpoint {params.checkpoint} --checkpoint-every {resources.checkpoint_every}"
+            "--checkpoint {params.checkpoint:q} --checkpoint-every {resources.checkpoint_every:q}"
         )

@@ -100,8 +100,8 @@ def patches_1001(tmp_path_factory):
 
 @pytest.fixture
 def workflow_copy(tmp_path):
-    """A temporary copy of the workflow (Snakefile, workflow/, config/) to run Snakemake in."""
-    for name in ("Snakefile", "workflow", "config"):
+    """A temporary copy of the workflow (Snakefile, workflow/, config/, profiles/) to run Snakemake in."""
+    for name in ("Snakefile", "workflow", "config", "profiles"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))

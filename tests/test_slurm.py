@@ -46,7 +46,7 @@ def cluster():
 def slurm_run(cluster, tmp_path_factory):
     """`snakemake --profile slurm sweep results/filters.png` on a tiny config, from a workflow copy."""
     folder = tmp_path_factory.mktemp("slurm")
-    for name in ("Snakefile", "workflow", "config", "slurm"):
+    for name in ("Snakefile", "workflow", "config", "profiles", "slurm"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
@@ -62,8 +62,9 @@ def slurm_run(cluster, tmp_path_factory):
 
 def test_every_training_is_its_own_slurm_job(slurm_run):
     _, jobs = slurm_run
-    timing = jobs["sweep_train"]
+    timing = jobs["sweep_train"] + jobs["sweep_train_one_rank"]
     assert len(timing) == 4  # ranks [1, 2] x sizes [1000, 2000] x 1 repeat
+    assert len(jobs["sweep_train_one_rank"]) == 2
     assert len(jobs["train"]) == 1
     ids = [jobid for rule in jobs.values() for jobid, _ in rule]
     assert len(ids) == len(set(ids))
@@ -75,8 +76,8 @@ def test_every_training_is_its_own_slurm_job(slurm_run):
 
 def test_each_jobs_mpi_world_is_its_rank_count_started_by_srun(slurm_run):
     folder, jobs = slurm_run
-    for jobid, log in jobs["sweep_train"]:
-        ranks, samples, repeat = re.search(r"rule_sweep_train/(\d+)_(\d+)_(\d+)/", log).groups()
+    for jobid, log in jobs["sweep_train"] + jobs["sweep_train_one_rank"]:
+        ranks, samples, repeat = re.search(r"rule_sweep_train\w*/(\d+)_(\d+)_(\d+)/", log).groups()
         run_log = (folder / "results/logs/sweep" / f"train_p{ranks}_n{samples}_r{repeat}.log").read_text()
         assert f"running in Slurm job {jobid}" in run_log
         with h5py.File(folder / "results/sweep/runs" / f"p{ranks}_n{samples}_r{repeat}.h5") as f:

@@ -3,7 +3,6 @@
 import csv
 import json
 import re
-import shutil
 import sys
 
 import matplotlib.image
@@ -15,7 +14,8 @@ from conftest import REPO, SCRIPTS, make_patches_file, mpirun, run, smooth_image
 from sae import SaeError, objective, sweep
 
 TINY = {"ranks": [1, 2], "sizes": [1000, 2000], "repeats": 1, "iterations": 12}
-TIMING_RULES = {"sweep_train", "sweep_collectives"}
+# Timing rules, each with its one-rank variant (a plain process, not an MPI job).
+TIMING_RULES = {"sweep_train", "sweep_train_one_rank", "sweep_collectives", "sweep_collectives_one_rank"}
 
 
 def snakemake(folder, *args, check=True):
@@ -24,7 +24,7 @@ def snakemake(folder, *args, check=True):
 
 def sweep_config(folder, name, sweep_section, images=True):
     """The workflow's config with a ``sweep`` section and, for speed, two small images."""
-    config = yaml.safe_load((folder / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["sweep"] = sweep_section
     if images:
         for i, img in enumerate(smooth_images(2, 64)):
@@ -261,16 +261,11 @@ def job_events(stderr):
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
+    """The sweep of TINY run in a temporary folder with the checkout's Snakefile (and so its
+    workflow profile, which serializes the timing runs)."""
     folder = tmp_path_factory.mktemp("sweep")
-    for name in ("Snakefile", "workflow", "config"):
-        src = REPO / name
-        dst = folder / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
     config = sweep_config(folder, "tiny.yaml", TINY)
-    proc = snakemake(folder, "sweep", "--cores", "2", "--configfile", config)
+    proc = snakemake(folder, "-s", REPO / "Snakefile", "sweep", "--cores", "2", "--configfile", config)
     return folder, proc
 
 
@@ -342,9 +337,8 @@ def test_timing_jobs_run_one_at_a_time_on_as_many_cores_as_ranks(tiny_sweep):
     _, proc = tiny_sweep
     events = job_events(proc.stderr)
     rules = {jobid: rule for kind, jobid, rule, _ in events if kind == "start"}
-    assert (
-        sorted(r for r in rules.values() if r in TIMING_RULES)
-        == ["sweep_collectives"] * 2 + ["sweep_train"] * 4
+    assert sorted(r for r in rules.values() if r in TIMING_RULES) == sorted(
+        ["sweep_collectives", "sweep_collectives_one_rank"] + ["sweep_train", "sweep_train_one_rank"] * 2
     )
     running, most = set(), 0
     for kind, jobid, rule, _ in events:
@@ -367,7 +361,8 @@ def test_paper_grid_plans_the_reports_75_runs(workflow_copy):
     ).stdout
     table = out.split("Job stats:")[1].split("total")[0]
     counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
-    assert counts["sweep_train"] == 5 * 5 * 3 and counts["sweep_collectives"] == 5
+    assert counts["sweep_train"] + counts["sweep_train_one_rank"] == 5 * 5 * 3
+    assert counts["sweep_train_one_rank"] == 5 * 3 and counts["sweep_collectives"] == 4
 
 
 def test_sweep_without_one_rank_is_a_one_line_config_error(workflow_copy):

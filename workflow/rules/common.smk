@@ -124,27 +124,11 @@ def train_shell(extra, launch=MPI_LAUNCH):
     )
 
 
-# A timing run on one rank is a plain process (an MPI singleton): on Slurm a job with
-# an `mpi` resource must have more than one task, so such a run is an ordinary one-task
-# job there, which Slurm's job step starts with srun. Runs on more ranks use the
-# launcher of rule `train` (mpiexec, or what a profile sets, e.g. srun on Slurm).
-def train_launcher():
-    """The `mpi` resource that --set-resources (or a profile) gives rule train, else mpiexec."""
-    try:
-        value = workflow.resource_settings.overwrite_resources["train"]["mpi"]
-    except KeyError:
-        return "mpiexec"
-    return str(getattr(value, "raw", value)).strip(
-        "'\""
-    )  # a snakemake Resource, or the plain value
+def mpi_launch(wildcards, resources):
+    """A timing run's launcher prefix: the `mpi` resource and the rank count, or none.
 
-
-SWEEP_LAUNCHER = train_launcher()
-
-
-def sweep_mpi(wildcards):
-    return SWEEP_LAUNCHER if int(wildcards.ranks) > 1 else ""
-
-
-def sweep_launch(wildcards, resources):
+    A timing run on one rank is a plain process (an MPI singleton): its rule has an empty
+    `mpi` resource, since on Slurm a job with an `mpi` launcher must have more than one
+    task (there it is an ordinary one-task job).
+    """
     return f"{resources.mpi} -n {resources.tasks} " if resources.mpi else ""

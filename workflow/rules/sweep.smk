@@ -2,6 +2,11 @@
 # `sweep` (ranks x sizes x repeats) and writes results/sweep/: runtimes.csv,
 # runtimes.md, scaling.csv, speedup.png, efficiency.png, breakdown.png, model.png
 # and model.json. Timing runs train as rule `train` does, without checkpoints.
+#
+# Timing runs must not share cores: each holds one `sweep_timing` unit, and the
+# workflow profile (profiles/default/config.yaml) limits them to 1 at a time.
+# Runs on 2+ ranks are MPI jobs launched by their `mpi` resource (mpiexec, or what a
+# profile sets, e.g. srun on Slurm); one-rank runs are plain processes (rules *_one_rank).
 
 SWEEP = config["sweep"]
 SWEEP_RUNS = expand(
@@ -11,30 +16,14 @@ SWEEP_RUNS = expand(
     repeat=range(1, SWEEP["repeats"] + 1),
 )
 
-# Timing runs must not share cores: each holds one `sweep_timing` unit, and the
-# limit is 1 unless given on the command line (--resources sweep_timing=N).
-workflow.global_resources.setdefault("sweep_timing", 1)
 
-
-rule sweep_patches:
-    input:
-        "results/images.h5",
+use rule patches as sweep_patches with:
     output:
         "results/sweep/patches.h5",
     log:
         "results/logs/sweep/patches.log",
-    conda:
-        "../envs/sae.yaml"
     params:
         n=max(SWEEP["sizes"]),
-        side=config["patches"]["side"],
-        seed=config["patches"]["seed"],
-    shell:
-        logged(
-            f"python {script('sample_patches.py')}"
-            " --count {params.n:q} --side {params.side:q} --seed {params.seed:q}"
-            " -- {input:q} {output:q}"
-        )
 
 
 rule sweep_train:
@@ -45,7 +34,7 @@ rule sweep_train:
     log:
         "results/logs/sweep/train_p{ranks}_n{samples}_r{repeat}.log",
     wildcard_constraints:
-        ranks=r"[1-9]\d*",
+        ranks=r"[2-9]|[1-9]\d+",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
     conda:
@@ -53,14 +42,27 @@ rule sweep_train:
     threads: lambda wildcards: int(wildcards.ranks)
     resources:
         tasks=lambda wildcards: int(wildcards.ranks),
-        mpi=sweep_mpi,
+        mpi="mpiexec",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
     params:
         **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
-        launch=sweep_launch,
+        launch=mpi_launch,
     shell:
         train_shell("--samples {wildcards.samples:q}", "{params.launch}")
+
+
+use rule sweep_train as sweep_train_one_rank with:
+    wildcard_constraints:
+        ranks="1",
+        samples=r"[1-9]\d*",
+        repeat=r"[1-9]\d*",
+    threads: 1
+    resources:
+        tasks=1,
+        mpi="",
+        sweep_timing=1,
+        memory_mb=config["train"]["memory_mb"] or 0,
 
 
 rule sweep_collectives:
@@ -71,20 +73,20 @@ rule sweep_collectives:
     log:
         "results/logs/sweep/collectives_p{ranks}.log",
     wildcard_constraints:
-        ranks=r"[1-9]\d*",
+        ranks=r"[2-9]|[1-9]\d+",
     conda:
         "../envs/sae.yaml"
     threads: lambda wildcards: int(wildcards.ranks)
     resources:
         tasks=lambda wildcards: int(wildcards.ranks),
-        mpi=sweep_mpi,
+        mpi="mpiexec",
         sweep_timing=1,
     params:
         side=config["patches"]["side"],
         hidden=config["train"]["hidden"],
         scales=[0.0625, 0.125, 0.25, 0.5, 1, 2, 4],
         repeats=300,
-        launch=sweep_launch,
+        launch=mpi_launch,
     shell:
         logged(
             "{params.launch}"
@@ -92,6 +94,16 @@ rule sweep_collectives:
             " --side {params.side:q} --hidden {params.hidden:q} --scales {params.scales:q}"
             " --repeats {params.repeats:q} -- {input:q} {output:q}"
         )
+
+
+use rule sweep_collectives as sweep_collectives_one_rank with:
+    wildcard_constraints:
+        ranks="1",
+    threads: 1
+    resources:
+        tasks=1,
+        mpi="",
+        sweep_timing=1,
 
 
 rule sweep_runtimes:

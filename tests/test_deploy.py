@@ -1,0 +1,182 @@
+"""Deployable workflow: hostile file names stay data, and the workflow runs from anywhere.
+
+Every run here happens in a temporary folder outside the checkout, with the checkout's
+Snakefile (`-s`) or as a `module` of a user's own Snakefile, and checks that nothing is
+written into the checkout.
+"""
+
+import os
+import shutil
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from skimage.io import imsave
+
+from conftest import REPO, run, smooth_images
+
+SMALL = {"patches": {"count": 1000}, "train": {"iterations": 10, "ranks": 2}}
+TINY_SWEEP = {"ranks": [1, 2], "sizes": [500, 1000], "repeats": 1, "iterations": 5}
+
+# Image names a user's photographs may have; each command-like one would touch its own
+# marker file if the shell ever ran it. The leading-dash name sits in the working
+# directory itself, so the path handed to the script starts with "-".
+HOSTILE = {
+    "space": "photos/my photo 1.npy",
+    "single quote": "photos/it's mine.npy",
+    "double quote": 'photos/say "cheese".npy',
+    "semicolon": "photos/x;touch PWNED-semicolon;.npy",
+    "dollar parens": "photos/$(touch PWNED-dollar).npy",
+    "backticks": "photos/a`touch PWNED-backtick`.npy",
+    "star": "photos/star*.npy",
+    "leading dash": "-rf --no-whiten.npy",
+    "non-ASCII": "photos/café ü 日本 Ωμέγα.png",
+}
+
+
+def snakemake(folder, *args, check=True):
+    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
+
+
+def checkout_state():
+    """Every path under the checkout with its size and modification time."""
+    state = {}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in (".git", ".pytest_cache", ".ruff_cache")]
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(root, name))
+            state[os.path.relpath(os.path.join(root, name), REPO)] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def pwned(*folders):
+    """Marker files a hostile name would have created, in any of the folders."""
+    found = []
+    for folder in folders:
+        found += [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files if f.startswith("PWNED")]
+    return found
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """`results/images.h5` from one small image under each hostile name (whitened 32 x 32)."""
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "photos").mkdir()
+    for img, name in zip(smooth_images(len(HOSTILE), 32), HOSTILE.values(), strict=True):
+        if name.endswith(".png"):
+            scaled = (img - img.min()) / (img.max() - img.min())
+            imsave(folder / name, (255 * scaled).astype(np.uint8))
+        else:
+            np.save(folder / name, img)
+    dash = HOSTILE["leading dash"]
+    config = write_yaml(folder / "my.yaml", {"images": {"source": ["photos/*", dash]}})
+    before = checkout_state()
+    proc = snakemake(
+        folder, "-s", REPO / "Snakefile", "--configfile", config, "--cores", "1", "results/images.h5"
+    )
+    with h5py.File(folder / "results" / "images.h5") as f:
+        names = [f["images"][key].attrs["name"] for key in f["images"]]
+    return folder, names, proc, checkout_state() == before
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_a_hostile_image_name_is_read_as_an_image_and_runs_nothing(hostile_run, kind):
+    folder, names, proc, checkout_unchanged = hostile_run
+    assert HOSTILE[kind] in names
+    assert len(names) == len(HOSTILE)  # every file is an image, and nothing else is
+    assert pwned(folder, REPO) == []
+    assert checkout_unchanged
+    assert proc.returncode == 0
+
+
+def copy_checkout(dst):
+    """A copy of the checkout's workflow files in the new folder ``dst``; its Snakefile."""
+    dst.mkdir()
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst / name)
+    return dst / "Snakefile"
+
+
+def test_moving_the_checkout_reruns_nothing_even_to_a_hostile_path(tmp_path):
+    """The command text Snakemake keeps (its code trigger) holds no path of the checkout."""
+    first = copy_checkout(tmp_path / "checkout one")
+    second = copy_checkout(tmp_path / "it's $(touch PWNED-path) `touch PWNED-path2`")
+    work = tmp_path / "work"
+    work.mkdir()
+    for i, img in enumerate(smooth_images(2, 32)):
+        np.save(work / f"img{i}.npy", img)
+    config = write_yaml(work / "my.yaml", {"images": {"source": ["img*.npy"]}, **SMALL})
+    snakemake(work, "-s", first, "--configfile", config, "--cores", "2", "results/filters.png")
+    proc = snakemake(work, "-s", second, "--configfile", config, "--cores", "2", "results/filters.png")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    (work / "results" / "filters.png").unlink()
+    proc = snakemake(work, "-s", second, "--configfile", config, "--cores", "2", "results/filters.png")
+    assert "Finished jobid: 0 (Rule: filters)" in proc.stderr  # the moved checkout's scripts run
+    assert pwned(tmp_path) == []
+
+
+def test_runs_with_the_checkouts_snakefile_in_another_folder(tmp_path):
+    """snakemake -s <checkout>/Snakefile --directory <tmp> --configfile <tmp>/my.yaml results/filters.png"""
+    config = write_yaml(tmp_path / "my.yaml", SMALL)
+    before = checkout_state()
+    snakemake(
+        REPO.parent,  # neither the checkout nor the working directory
+        "-s", REPO / "Snakefile", "--directory", tmp_path, "--configfile", config,
+        "--cores", "2", "results/filters.png",
+    )  # fmt: skip
+    assert (tmp_path / "results" / "filters.png").stat().st_size > 0
+    with h5py.File(tmp_path / "results" / "model.h5") as f:
+        assert f.attrs["ranks"] == 2 and f.attrs["iterations"] == 10
+    assert (tmp_path / "results" / "logs" / "train.log").exists()
+    assert checkout_state() == before
+
+
+USER_SNAKEFILE = """\
+# A user's own workflow that uses the sparse-autoencoder workflow as a module.
+configfile: "my.yaml"
+
+
+module sae:
+    snakefile:
+        {snakefile!r}
+    config:
+        config
+
+
+use rule * from sae as sae_*
+
+
+rule all:
+    default_target: True
+    input:
+        "results/filters.png",
+        rules.sae_sweep.input,
+"""
+
+
+def test_imported_as_a_module_by_a_users_own_snakefile(tmp_path):
+    """A user's Snakefile with `module sae` and its own config builds the filters and the sweep."""
+    (tmp_path / "Snakefile").write_text(USER_SNAKEFILE.format(snakefile=str(REPO / "Snakefile")))
+    for i, img in enumerate(smooth_images(2, 64)):
+        np.save(tmp_path / f"img{i}.npy", img)
+    write_yaml(tmp_path / "my.yaml", {"images": {"source": ["img*.npy"]}, **SMALL, "sweep": TINY_SWEEP})
+    before = checkout_state()
+    proc = snakemake(tmp_path, "--cores", "2", "--resources", "sweep_timing=1")
+    results = tmp_path / "results"
+    assert (results / "filters.png").stat().st_size > 0
+    for name in ("runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "speedup.png", "model.png"):
+        assert (results / "sweep" / name).stat().st_size > 0, name
+    assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + 4
+    assert "rule sae_train:" in proc.stderr and "rule sae_sweep_train_one_rank:" in proc.stderr
+    assert checkout_state() == before

@@ -5,7 +5,10 @@ Snakefile (`-s`) or as a `module` of a user's own Snakefile, and checks that not
 written into the checkout.
 """
 
+import ast
+import importlib.metadata
 import os
+import re
 import shutil
 import sys
 
@@ -13,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 from skimage.io import imsave
 
 from conftest import REPO, run, smooth_images
@@ -55,7 +59,12 @@ def pwned(*folders):
     """Marker files a hostile name would have created, in any of the folders."""
     found = []
     for folder in folders:
-        found += [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files if f.startswith("PWNED")]
+        found += [
+            os.path.join(root, f)
+            for root, _, files in os.walk(folder)
+            for f in files
+            if f.startswith("PWNED")
+        ]
     return found
 
 
@@ -180,3 +189,106 @@ def test_imported_as_a_module_by_a_users_own_snakefile(tmp_path):
     assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + 4
     assert "rule sae_train:" in proc.stderr and "rule sae_sweep_train_one_rank:" in proc.stderr
     assert checkout_state() == before
+
+
+def test_image_names_with_braces_are_a_one_line_error(tmp_path):
+    """Snakemake reads braces in a path as a wildcard: such a name is refused, naming the file."""
+    for name in ("ok.npy", "a{b}.npy"):
+        np.save(tmp_path / name, smooth_images(1, 32)[0])
+    config = write_yaml(tmp_path / "my.yaml", {"images": {"source": ["*.npy"]}})
+    proc = snakemake(tmp_path, "-s", REPO / "Snakefile", "--configfile", config, "-n", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and errors == [
+        "error: config images.source: 'a{b}.npy': rename it, without { or }"
+    ]
+
+
+# --- The workflow's standard files -------------------------------------------------------------
+
+
+def schema_defaults(schema, prefix=""):
+    """{dotted key: default} of every leaf key of the config schema."""
+    leaves = {}
+    for name, sub in schema["properties"].items():
+        if sub.get("type") == "object":
+            leaves.update(schema_defaults(sub, f"{prefix}{name}."))
+        else:
+            leaves[prefix + name] = sub["default"]
+    return leaves
+
+
+def test_config_guide_lists_every_schema_key_with_its_default():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    defaults = schema_defaults(schema)
+    guide = (REPO / "config" / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", guide, re.M)
+    documented = {key: yaml.safe_load(default) for key, default in rows}
+    assert documented == defaults
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    flat = {f"{section}.{key}": value for section, keys in shipped.items() for key, value in keys.items()}
+    assert flat == defaults  # the shipped config is the defaults, written out
+
+
+def test_readme_links_to_the_config_guide_instead_of_repeating_it():
+    readme = (REPO / "README.md").read_text()
+    assert "(config/README.md)" in readme
+    assert not re.search(r"^\| `train\.", readme, re.M)
+
+
+def requirement_specs(text):
+    """{name: specifier} of requirements.txt-style lines (comments and blank lines skipped)."""
+    specs = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, spec = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", line).groups()
+            specs[name.lower()] = spec.replace(" ", "")
+    return specs
+
+
+# What Snakemake itself needs, not the rules' software (jsonschema: config validation at load).
+WORKFLOW_RUNNER = {"snakemake", "snakemake-executor-plugin-slurm", "jsonschema"}
+CONDA_NAMES = {"matplotlib-base": "matplotlib"}  # conda-forge's name: PyPI's name
+
+
+def test_conda_env_keeps_in_step_with_requirements():
+    """workflow/envs/sae.yaml: the same packages as requirements.txt's runtime part, same ranges."""
+    text = (REPO / "requirements.txt").read_text()
+    runtime = requirement_specs(text.split("# Tests and checks.")[0])
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "sae.yaml").read_text())
+    assert env["channels"] == ["conda-forge"]
+    conda = requirement_specs("\n".join(env["dependencies"]))
+    python = conda.pop("python")
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in SpecifierSet(python)
+    conda = {CONDA_NAMES.get(name, name): spec for name, spec in conda.items()}
+    assert conda == {name: spec for name, spec in runtime.items() if name not in WORKFLOW_RUNNER}
+    assert WORKFLOW_RUNNER <= set(runtime)
+
+
+def test_slurm_plugin_is_pinned_to_the_tested_minor_version():
+    specs = requirement_specs((REPO / "requirements.txt").read_text())
+    spec = SpecifierSet(specs["snakemake-executor-plugin-slurm"])
+    assert importlib.metadata.version("snakemake-executor-plugin-slurm") in spec
+    assert "2.0.0" not in spec and "3.0.0" not in spec  # slurm-status-command needs >= 2.0.1
+
+
+def test_scripts_the_workflow_copies_are_every_script_and_package_module():
+    """common.smk lists the files Snakemake's source cache copies (a module from a git host needs them)."""
+    tree = ast.parse((REPO / "workflow" / "rules" / "common.smk").read_text())
+    lists = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id in ("ENTRY_SCRIPTS", "PACKAGE_MODULES")
+    }  # fmt: skip
+    scripts = REPO / "workflow" / "scripts"
+    assert sorted(lists["ENTRY_SCRIPTS"]) == sorted(p.name for p in scripts.glob("*.py"))
+    assert sorted(lists["PACKAGE_MODULES"]) == sorted(p.name for p in (scripts / "sae").glob("*.py"))
+
+
+def test_catalog_usage_file():
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert set(usage["mandatory-flags"]) == {"desc", "flags"}
+    assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")

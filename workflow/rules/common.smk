@@ -67,7 +67,9 @@ def image_files():
         raise SaeError(f"config images.source: no such file {missing[0]!r}")
     braces = [f for f in files if "{" in f or "}" in f]
     if braces:  # Snakemake reads braces in a path as a wildcard
-        raise SaeError(f"config images.source: {braces[0]!r}: rename it, without {{ or }}")
+        raise SaeError(
+            f"config images.source: {braces[0]!r}: rename it, without {{ or }}"
+        )
     return files
 
 

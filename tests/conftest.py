@@ -98,15 +98,21 @@ def patches_1001(tmp_path_factory):
     return make_patches_file(tmp_path_factory.mktemp("data") / "patches.h5", 1001)
 
 
-@pytest.fixture
-def workflow_copy(tmp_path):
-    """A temporary copy of the workflow (Snakefile, workflow/, config/, profiles/) to run Snakemake in."""
+def copy_workflow(folder):
+    """Copy the workflow (Snakefile, workflow/, config/, profiles/) into ``folder``; its Snakefile."""
     for name in ("Snakefile", "workflow", "config", "profiles"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(src, tmp_path / name)
+            shutil.copy(src, folder / name)
+    return folder / "Snakefile"
+
+
+@pytest.fixture
+def workflow_copy(tmp_path):
+    """A temporary copy of the workflow to run Snakemake in."""
+    copy_workflow(tmp_path)
     return tmp_path
 
 

@@ -9,7 +9,6 @@ import ast
 import importlib.metadata
 import os
 import re
-import shutil
 import sys
 
 import h5py
@@ -19,7 +18,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from skimage.io import imsave
 
-from conftest import REPO, run, smooth_images
+from conftest import REPO, copy_workflow, run, smooth_images
 
 SMALL = {"patches": {"count": 1000}, "train": {"iterations": 10, "ranks": 2}}
 TINY_SWEEP = {"ranks": [1, 2], "sizes": [500, 1000], "repeats": 1, "iterations": 5}
@@ -105,32 +104,23 @@ def test_a_hostile_image_name_is_read_as_an_image_and_runs_nothing(hostile_run, 
     assert proc.returncode == 0
 
 
-def copy_checkout(dst):
-    """A copy of the checkout's workflow files in the new folder ``dst``; its Snakefile."""
-    dst.mkdir()
-    for name in ("Snakefile", "workflow", "config", "profiles"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst / name)
-    return dst / "Snakefile"
-
-
 def test_moving_the_checkout_reruns_nothing_even_to_a_hostile_path(tmp_path):
     """The command text Snakemake keeps (its code trigger) holds no path of the checkout."""
-    first = copy_checkout(tmp_path / "checkout one")
-    second = copy_checkout(tmp_path / "it's $(touch PWNED-path) `touch PWNED-path2`")
+    first, second = tmp_path / "checkout one", tmp_path / "it's $(touch PWNED-path) `touch PWNED-path2`"
+    for folder in (first, second):
+        folder.mkdir()
+        copy_workflow(folder)
     work = tmp_path / "work"
     work.mkdir()
     for i, img in enumerate(smooth_images(2, 32)):
         np.save(work / f"img{i}.npy", img)
     config = write_yaml(work / "my.yaml", {"images": {"source": ["img*.npy"]}, **SMALL})
-    snakemake(work, "-s", first, "--configfile", config, "--cores", "2", "results/filters.png")
-    proc = snakemake(work, "-s", second, "--configfile", config, "--cores", "2", "results/filters.png")
+    build = ["--configfile", config, "--cores", "2", "results/filters.png"]
+    snakemake(work, "-s", first / "Snakefile", *build)
+    proc = snakemake(work, "-s", second / "Snakefile", *build)
     assert "Nothing to be done" in proc.stdout + proc.stderr
     (work / "results" / "filters.png").unlink()
-    proc = snakemake(work, "-s", second, "--configfile", config, "--cores", "2", "results/filters.png")
+    proc = snakemake(work, "-s", second / "Snakefile", *build)
     assert "Finished jobid: 0 (Rule: filters)" in proc.stderr  # the moved checkout's scripts run
     assert pwned(tmp_path) == []
 

@@ -44,14 +44,16 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
-    """`snakemake --profile slurm sweep results/filters.png` on a tiny config, from a workflow copy."""
+    """`snakemake --profile slurm --profile <site> sweep results/filters.png` (tiny config, workflow copy)."""
     folder = tmp_path_factory.mktemp("slurm")
     for name in ("Snakefile", "workflow", "config", "profiles", "slurm"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "sweep", "results/filters.png",
-           "--configfile", "tiny.yaml"]  # fmt: skip
+    site = tmp_path_factory.mktemp("mysite")  # a user's own profile, as the README shows
+    (site / "config.yaml").write_text(yaml.safe_dump({"default-resources": {"slurm_partition": "debug"}}))
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--profile", site, "sweep",
+           "results/filters.png", "--configfile", "tiny.yaml"]  # fmt: skip
     proc = run(cmd, cwd=folder, timeout=900)
     jobs = {}
     for jobid, log in SUBMITTED.findall(proc.stdout + proc.stderr):

@@ -36,8 +36,9 @@ import time  # noqa: E402
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
 
-from sae import h5io, images, objective, patches, sweep  # noqa: E402
+from sae import h5io, images, lbfgs, objective, patches, sweep  # noqa: E402
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
 V, H = 64, 25
@@ -177,6 +178,68 @@ def mpi_table(patches_path, sizes, iterations, repeats):
     print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks; "
           f"median of {repeats} runs each, alternating. Communication: the slowest rank's loop "
           "outside compute and rank 0's optimizer step, i.e. collectives on the critical path.)")  # fmt: skip
+
+
+def serial_step(x, hidden, evaluations, optimizer, skip=15):
+    """Rank 0's serial time per evaluation: from the end of the compute to the next evaluation.
+
+    That is gradient assembly (objective.finish) and the optimizer: scipy's
+    L-BFGS-B through ``minimize`` (what main used before sae.lbfgs), or sae.lbfgs.
+    The real kernel runs between steps (it evicts the optimizer's data from
+    cache, as in training). Medians over evaluations after the first ``skip``
+    (by then the memory of 10 pairs is nearly full). Returns seconds
+    (finish, optimizer, serial in all).
+    """
+    n = len(x)
+    kernel = objective.BlockKernel(V, hidden, 128, np.float32)
+    blocks = objective.to_blocks(x, 128, np.float32)
+    units = np.zeros(kernel.sums.size)
+    marks = []  # (start of compute, end of compute, end of finish) per evaluation
+
+    def fun(theta):
+        start = time.perf_counter()
+        step = kernel.set_params(theta, n, float(np.abs(x).max()))
+        units[:] = 0
+        for b in blocks:
+            kernel.accumulate(b, units)
+        computed = time.perf_counter()
+        result = objective.finish(units * step, theta, n, V, hidden, *HYPER)
+        marks.append((start, computed, time.perf_counter()))
+        return result
+
+    theta0 = objective.initial_theta(V, hidden, np.random.default_rng(0))
+    if optimizer == "scipy":
+        minimize(fun, theta0, jac=True, method="L-BFGS-B", options={"maxfun": evaluations, "maxiter": 10**6})
+    else:
+        opt = lbfgs.LBFGS(theta0)
+        while opt.evaluations < evaluations and not opt.stopped:
+            opt.tell(*fun(opt.point))
+    marks = np.array(marks)
+    finish = marks[skip:-1, 2] - marks[skip:-1, 1]
+    serial = marks[skip + 1 :, 0] - marks[skip:-1, 1]
+    return float(np.median(finish)), float(np.median(serial - finish)), float(np.median(serial))
+
+
+def step_table(x_all, sizes, hiddens, evaluations, repeats=2):
+    """Rank 0's serial step per evaluation, scipy's L-BFGS-B against sae.lbfgs, alternating."""
+    print("\n| hidden | N | scipy L-BFGS-B: finish / optimizer / serial µs "
+          "| sae.lbfgs: finish / optimizer / serial µs | serial, sae.lbfgs / scipy |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    serial = {}
+    for hidden in hiddens:
+        for n in sizes:
+            runs = {"scipy": [], "lbfgs": []}
+            for _ in range(repeats):
+                for name in runs:
+                    runs[name].append(serial_step(x_all[:n], hidden, evaluations(n), name))
+            best = {k: np.min(np.array(v), axis=0) * 1e6 for k, v in runs.items()}  # fastest of the repeats
+            serial[hidden, n] = best["lbfgs"][2]
+            cells = " | ".join(" / ".join(f"{t:.0f}" for t in best[k]) for k in ("scipy", "lbfgs"))
+            print(f"| {hidden} | {n} | {cells} | {best['lbfgs'][2] / best['scipy'][2]:.2f} |")
+    growth = ", ".join(f"hidden {h}: {serial[h, sizes[-1]] / serial[h, sizes[0]]:.2f}x" for h in hiddens)
+    print(f"\n(One process, float32 kernel between steps; median over evaluations 16 on, fastest of "
+          f"{repeats} runs.) Growth of sae.lbfgs's serial step from N = {sizes[0]} to {sizes[-1]}: "
+          f"{growth}.")  # fmt: skip
 
 
 def streaming_table(patches_path, n, iterations, cap_mb=4):

@@ -22,6 +22,7 @@ PACKAGE_MODULES = [
     "filters.py",
     "h5io.py",
     "images.py",
+    "lbfgs.py",
     "objective.py",
     "one_blas_thread.py",
     "parallel.py",

@@ -229,24 +229,23 @@ class LBFGS:
         """x + t d becomes the iterate: store the pair, test for convergence, next direction."""
         m = self.settings["memory"]
         slot = min(set(range(m + 1)) - set(self.order))
-        s, y = self.pairs[2 * slot], self.pairs[2 * slot + 1]
-        np.subtract(self.xt, self.x, out=s)
-        yg = self._yg
+        yg = self._yg  # the new y and g side by side, for one product with all pairs
         np.subtract(g, self.g, out=yg[0])
         yg[1] = g
-        y[:] = yg[0]
+        np.subtract(self.xt, self.x, out=self.pairs[2 * slot])
+        self.pairs[2 * slot + 1] = yg[0]
         self.x, self.xt = self.xt, self.x
         self.g[:] = g
         f_old, self.f = self.f, f
         self.iterations += 1
-        products = self.pairs @ yg.T  # (2 (m + 1), 2): every s_i, y_i against the new y and g
+        products = self.pairs @ yg.T  # (2 (m + 1), 2)
         sy, yy = products[2 * slot, 0], products[2 * slot + 1, 0]
         if sy > EPS * yy:
             self.sy[slot, :] = 0.0  # the new s against older y: not part of R
             self.sy[:, slot] = products[0::2, 0]
             self.yy[:, slot] = self.yy[slot, :] = products[1::2, 0]
             self.order = [*self.order, slot][-m:]
-        if float(np.abs(g).max()) <= self.settings["gtol"]:
+        if max(float(g.max()), -float(g.min())) <= self.settings["gtol"]:
             self.phase, self.stop = STOPPED, 1
         elif f_old - f <= self.settings["ftol"] * max(abs(f_old), abs(f), 1.0):
             self.phase, self.stop = STOPPED, 2

@@ -258,30 +258,38 @@ def _sums(v: int, h: int) -> Sums:
     return Sums(v, h)
 
 
-def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: float):
-    """Cost and gradient from the global sums over all n patches (see Sums)."""
-    g1, g2, sq = _sums(v, h).views(totals)
-    w1, w2, _, _ = unpack(theta, v, h)
-    rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
-    k = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
-    kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
-    cost = sq.sum() / (2 * n) + lam / 2 * (np.vdot(w1, w1) + np.vdot(w2, w2)) + beta * kl.sum()
+def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: float, out=None):
+    """Cost and gradient from the global sums over all n patches (see Sums).
 
-    grad = np.empty_like(theta)
+    ``totals`` is used as scratch (scaled in place); the gradient goes into
+    ``out`` if given. Few passes over the arrays: this runs on rank 0 alone,
+    while the other ranks wait.
+    """
+    g1, g2, sq = _sums(v, h).views(totals)
+    hv = h * v
+    weights = theta[: 2 * hv]  # W1 and W2
+    rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
+    k = beta * ((1 - rho) / (1 - rho_hat) - rho / rho_hat)
+    kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
+    cost = sq.sum() / (2 * n) + lam / 2 * np.dot(weights, weights) + beta * kl.sum()
+
+    grad = np.empty_like(theta) if out is None else out
+    np.multiply(weights, lam, out=grad[: 2 * hv])
     grad_w1, grad_w2, grad_b1, grad_b2 = unpack(grad, v, h)
-    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = (G1[:h] / 16 + k G1[h:] / 4)
-    delta2_x1 = k[:, None] * g1[h:]
-    delta2_x1 *= 4.0
-    delta2_x1 += g1[:h]
-    delta2_x1 /= 16 * n
-    np.multiply(w1, lam, out=grad_w1)
+    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = G1[:h] / 16 + k G1[h:] / 4
+    delta2_x1 = g1[h:]
+    delta2_x1 *= (k / (4 * n))[:, None]
+    b_part = g1[:h]
+    b_part *= 1 / (16 * n)
+    delta2_x1 += b_part
     grad_w1 += delta2_x1[:, :v]
     grad_b1[:] = delta2_x1[:, v]
     # sum delta3 [a2 1]^T = sum d/4 [(1 + t)/2, 1]^T
-    np.add(g2[:v, :h], g2[:v, h : h + 1], out=grad_w2)
-    grad_w2 /= 8 * n
-    grad_w2 += lam * w2
-    np.divide(g2[:v, h], 4 * n, out=grad_b2)
+    delta3_a2 = g2[:v, :h]
+    delta3_a2 += g2[:v, h : h + 1]
+    delta3_a2 *= 1 / (8 * n)
+    grad_w2 += delta3_a2
+    np.multiply(g2[:v, h], 1 / (4 * n), out=grad_b2)
     return float(cost), grad
 
 

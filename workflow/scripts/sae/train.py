@@ -23,7 +23,7 @@ log = logging.getLogger("sae.train")
 HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size", "precision")
 TIMINGS = ("load", "loop", "compute", "comm")
 READ_ROWS = 8192  # rows per hyperslab read when the shard is loaded whole
-OPTIMIZER_SETTINGS = {"memory": 10}  # lbfgs.LBFGS's; the rest are its defaults
+OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults); README: training speed
 
 
 class Interrupted(SaeError):

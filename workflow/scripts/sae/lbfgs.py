@@ -30,7 +30,7 @@ returns them and ``LBFGS.from_state`` continues from them, so a run stopped at
 any evaluation, mid-line-search included, and restored ends bit for bit where
 the uninterrupted run does.
 
-Stops, as scipy's L-BFGS-B by default: max |g| <= gtol, or a relative decrease
+Stops: |g| <= gtol (scipy's L-BFGS-B: max |g_i| <= gtol), or a relative decrease
 (f_old - f_new) / max(|f_old|, |f_new|, 1) <= ftol; or a line search that finds
 no acceptable step twice in a row (once with the memory cleared).
 """
@@ -55,7 +55,7 @@ MESSAGES = {
     3: "line search found no acceptable step",
 }
 SCALARS = (
-    "phase", "iterations", "evaluations", "stop", "f", "dg0", "t",
+    "phase", "iterations", "evaluations", "stop", "f", "grad_norm", "dg0", "t",
     "t_lo", "f_lo", "dg_lo", "t_hi", "f_hi", "dg_hi", "line_evals",
 )  # fmt: skip
 INTS = {"phase", "iterations", "evaluations", "stop", "line_evals"}
@@ -85,7 +85,8 @@ class LBFGS:
             "ftol": float(ftol), "max_line_evals": int(max_line_evals),
         }  # fmt: skip
         self.x = x0.copy()  # the iterate
-        self.g = np.zeros(n)  # the gradient there
+        self._yg = np.zeros((2, n))  # scratch y, and the gradient at x: [y; g]
+        self.g = self._yg[1]  # the gradient at x
         self.d = np.zeros(n)  # the search direction
         self.xt = x0.copy()  # the trial point: x + t d, or x0 before the first evaluation
         # Pair i lives in rows 2i (s) and 2i+1 (y); memory + 1 slots, so a new pair has room
@@ -95,10 +96,9 @@ class LBFGS:
         self.yy = np.zeros((m + 1, m + 1))  # y_i . y_j
         self.order: list[int] = []
         self.phase, self.iterations, self.evaluations, self.stop = START, 0, 0, 0
-        self.f = self.dg0 = self.t = math.nan
+        self.f = self.grad_norm = self.dg0 = self.t = math.nan
         self.t_lo = self.f_lo = self.dg_lo = self.t_hi = self.f_hi = self.dg_hi = math.nan
         self.line_evals = 0
-        self._yg = np.empty((2, n))  # scratch: the new y and g side by side
         self._hg = np.empty(n)  # scratch: the pairs' part of H g
         self._coef = np.empty((m + 1, 2))  # scratch: its coefficients, per slot (s, y)
 
@@ -145,6 +145,7 @@ class LBFGS:
         f = float(f)
         if self.phase == START:
             self.f, self.g[:] = f, g
+            self.grad_norm = math.sqrt(np.dot(self.g, self.g))
             self._new_direction()
             return False
         if self.phase == RETRY:  # the best step of a failed search, evaluated again: take it
@@ -229,23 +230,23 @@ class LBFGS:
         """x + t d becomes the iterate: store the pair, test for convergence, next direction."""
         m = self.settings["memory"]
         slot = min(set(range(m + 1)) - set(self.order))
-        yg = self._yg  # the new y and g side by side, for one product with all pairs
+        yg = self._yg  # [y; g]: the new y and g side by side, for one product with all pairs
         np.subtract(g, self.g, out=yg[0])
-        yg[1] = g
+        self.g[:] = g  # self.g is yg[1]
         np.subtract(self.xt, self.x, out=self.pairs[2 * slot])
         self.pairs[2 * slot + 1] = yg[0]
         self.x, self.xt = self.xt, self.x
-        self.g[:] = g
         f_old, self.f = self.f, f
         self.iterations += 1
         products = self.pairs @ yg.T  # (2 (m + 1), 2)
+        self.grad_norm = math.sqrt(np.dot(self.g, self.g))
         sy, yy = products[2 * slot, 0], products[2 * slot + 1, 0]
         if sy > EPS * yy:
             self.sy[slot, :] = 0.0  # the new s against older y: not part of R
             self.sy[:, slot] = products[0::2, 0]
             self.yy[:, slot] = self.yy[slot, :] = products[1::2, 0]
             self.order = [*self.order, slot][-m:]
-        if max(float(g.max()), -float(g.min())) <= self.settings["gtol"]:
+        if self.grad_norm <= self.settings["gtol"]:
             self.phase, self.stop = STOPPED, 1
         elif f_old - f <= self.settings["ftol"] * max(abs(f_old), abs(f), 1.0):
             self.phase, self.stop = STOPPED, 2

@@ -269,9 +269,11 @@ def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: 
     hv = h * v
     weights = theta[: 2 * hv]  # W1 and W2
     rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
-    k = beta * ((1 - rho) / (1 - rho_hat) - rho / rho_hat)
-    kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
-    cost = sq.sum() / (2 * n) + lam / 2 * np.dot(weights, weights) + beta * kl.sum()
+    # KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat))
+    ratio, ratio_off = rho / rho_hat, (1 - rho) / (1 - rho_hat)
+    k = beta * (ratio_off - ratio)
+    kl = rho * np.log(ratio).sum() + (1 - rho) * np.log(ratio_off).sum()
+    cost = sq.sum() / (2 * n) + lam / 2 * np.dot(weights, weights) + beta * kl
 
     grad = np.empty_like(theta) if out is None else out
     np.multiply(weights, lam, out=grad[: 2 * hv])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import SaeError, h5io, lbfgs
+from .cli import FLUSH_SECONDS
 from .objective import initial_theta, to_blocks, unpack
 from .parallel import DistributedObjective, agree, gather_seconds, shard
 
@@ -255,6 +256,31 @@ def start_or_resume(hp: dict, job: Job, n_total: int) -> Training:
     return training
 
 
+class ProgressLines:
+    """The per-iteration log lines, logged together at most every cli.FLUSH_SECONDS.
+
+    One log record per line cost rank 0 about 25 µs per iteration (the record,
+    its time stamp, the formatting), while the other ranks wait: a tenth of a
+    two-rank evaluation at 10k patches. Each line still carries the time stamp
+    of the batch it was logged in.
+    """
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.logged = time.monotonic()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if time.monotonic() - self.logged >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            stamp = time.strftime("%H:%M:%S ")
+            log.info("\n".join(self.lines).replace("\n", "\n" + stamp))  # the first stamp: the formatter's
+        self.lines, self.logged = [], time.monotonic()
+
+
 def optimize(objective, training: Training, iterations: int, job: Job, sigterm: dict) -> None:
     """Rank 0: L-BFGS until ``iterations`` in all, a checkpoint every job.checkpoint_every.
 
@@ -264,22 +290,27 @@ def optimize(objective, training: Training, iterations: int, job: Job, sigterm: 
     opt, history = training.optimizer, training.history
     offset = history[-1][2] if history else 0.0
     start = time.perf_counter()
-    while not opt.stopped and opt.iterations < iterations:
-        if opt.tell(*objective(opt.point)):
-            row = (opt.f, float(np.linalg.norm(opt.g)), offset + time.perf_counter() - start)
-            history.append(row)
-            log.info(
-                "iteration %4d/%d  cost %.6f  |grad| %.3e  evaluations %d  %.2f s",
-                len(history), iterations, *row[:2], opt.evaluations, row[2],
-            )  # fmt: skip
-            if len(history) % job.checkpoint_every == 0 and len(history) < iterations:
-                save_checkpoint(training, job)
-        if sigterm["set"]:
-            saved = save_checkpoint(training, job)
-            raise Interrupted(
-                f"stopped by SIGTERM after iteration {len(history)} (evaluation {opt.evaluations})"
-                + (f"; checkpoint {job.checkpoint} written: run again to resume" if saved else "")
-            )
+    progress = ProgressLines()
+    try:
+        while not opt.stopped and opt.iterations < iterations:
+            if opt.tell(*objective(opt.point)):
+                row = (opt.f, opt.grad_norm, offset + time.perf_counter() - start)
+                history.append(row)
+                cost, grad_norm, seconds = row
+                progress.add(
+                    f"iteration {len(history):4d}/{iterations}  cost {cost:.6f}  |grad| {grad_norm:.3e}"
+                    f"  evaluations {opt.evaluations}  {seconds:.2f} s"
+                )
+                if len(history) % job.checkpoint_every == 0 and len(history) < iterations:
+                    save_checkpoint(training, job)
+            if sigterm["set"]:
+                saved = save_checkpoint(training, job)
+                raise Interrupted(
+                    f"stopped by SIGTERM after iteration {len(history)} (evaluation {opt.evaluations})"
+                    + (f"; checkpoint {job.checkpoint} written: run again to resume" if saved else "")
+                )
+    finally:
+        progress.flush()
     log.info("stopped after %d iterations in all: %s", len(history), opt.message)
 
 

@@ -101,7 +101,7 @@ def train_params(count, iterations):
         patches_seed=config["patches"]["seed"],
         hidden=config["train"]["hidden"],
         rho=config["train"]["rho"],
-        lam=config["train"]["lambda"],
+        **{"lambda": config["train"]["lambda"]},  # a Python keyword: a dict key
         beta=config["train"]["beta"],
         iterations=iterations,
         seed=config["train"]["seed"],
@@ -121,7 +121,7 @@ def train_shell(extra, launch=MPI_LAUNCH):
     return logged(
         f"{launch}python {script('train_model.py')}"
         " --side {params.side:q} --hidden {params.hidden:q} --rho {params.rho:q}"
-        " --lambda {params.lam:q} --beta {params.beta:q} --iterations {params.iterations:q}"
+        " --lambda {params.lambda:q} --beta {params.beta:q} --iterations {params.iterations:q}"
         " --seed {params.seed:q} --block-size {params.block_size:q}"
         " --precision {params.precision:q} --expect-count {params.n:q}"
         " --expect-seed {params.patches_seed:q} --memory-mb {resources.memory_mb:q}"

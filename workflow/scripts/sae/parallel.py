@@ -39,9 +39,9 @@ class DistributedObjective:
     kept per rank.
     """
 
-    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lam, beta):
+    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lambda_, beta):
         self.comm, self.blocks, self.n_total, self.v, self.h = comm, blocks, n_total, v, h
-        self.hyper = (rho, lam, beta)
+        self.hyper = (rho, lambda_, beta)
         self.kernel = BlockKernel(v, h, block_size, dtype)
         # max |x| without a temporary the size of the shard
         local_max = np.array(

@@ -52,16 +52,9 @@ RUN_COLUMNS = (
     "block_size",
     "precision",
     "cost",
-    "wall_seconds",
-    "load_seconds_max",
-    "load_seconds_mean",
-    "loop_seconds_max",
-    "loop_seconds_mean",
-    "compute_seconds_max",
-    "compute_seconds_mean",
-    "comm_seconds_max",
-    "comm_seconds_mean",
-    "optimizer_seconds",
+    h5io.WALL_SECONDS,
+    *h5io.RANK_TIMING_ATTRS,
+    h5io.OPTIMIZER_SECONDS,
 )
 # Columns of a collectives benchmark file: one row per buffer scale.
 COLLECTIVE_COLUMNS = ("ranks", "scale", "reduce_doubles", "bcast_doubles", "bytes", "seconds", "seconds_min")
@@ -81,7 +74,7 @@ INTEGER_COLUMNS = {"ranks", "samples", "repeat", "evaluations", "iterations", "b
 TEXT_COLUMNS = {"precision"}
 OPTIONAL_ATTRS = {"precision": ""}
 # The seconds the table, speedup and efficiency are about: the optimization loop (the slowest rank).
-LOOP = "loop_seconds_max"
+LOOP = h5io.timing_attr("loop", "max")
 DOUBLE = 8  # bytes
 
 RUN_NAME = "p{ranks}_n{samples}_r{repeat}.h5"
@@ -300,9 +293,9 @@ def breakdown(rows: list[dict]) -> list[dict]:
     for (p, n), runs in sorted(_points(rows).items(), key=lambda kv: (kv[0][1], kv[0][0])):
         med = {k: float(np.median([r[k] for r in runs])) for k in RUN_COLUMNS if k not in TEXT_COLUMNS}
         loop = med[LOOP]
-        compute = med["compute_seconds_mean"]
-        imbalance = max(med["compute_seconds_max"] - compute, 0.0)
-        optimizer = max(med["optimizer_seconds"], 0.0)
+        compute = med[h5io.timing_attr("compute", "mean")]
+        imbalance = max(med[h5io.timing_attr("compute", "max")] - compute, 0.0)
+        optimizer = max(med[h5io.OPTIMIZER_SECONDS], 0.0)
         communication = max(loop - compute - imbalance - optimizer, 0.0)
         parts = {"compute": compute, "imbalance": imbalance, "communication": communication}
         parts["optimizer"] = optimizer
@@ -378,21 +371,20 @@ def fit_model(runs: list[dict], bench: list[dict]) -> dict:
     rows = busiest_rows(n, p, block)
     ones = np.ones_like(rows)
     c, c0 = _fit_relative(
-        np.column_stack([rows, ones]), np.array([r["compute_seconds_max"] for r in runs]) / e
+        np.column_stack([rows, ones]), np.array([r[h5io.timing_attr("compute", "max")] for r in runs]) / e
     )
     # Reading the rows, from single-process runs: on more ranks the measured load also holds
     # the ranks' start-up skew (the first collective waits for the last rank to start).
     single = np.array([r["ranks"] == 1 for r in runs]) if any(r["ranks"] == 1 for r in runs) else ones > 0
-    load1, load0 = _fit_relative(
-        np.column_stack([rows, ones])[single], np.array([r["load_seconds_max"] for r in runs])[single]
-    )
+    load = np.array([r[h5io.timing_attr("load", "max")] for r in runs])
+    load1, load0 = _fit_relative(np.column_stack([rows, ones])[single], load[single])
     alpha, beta = fit_collectives(bench)
     return {
         "block_size": int(block),
         "evaluations": float(np.median(e)),
         "compute_per_patch": float(c),
         "compute_fixed": float(c0),
-        "optimizer": float(np.median(np.array([r["optimizer_seconds"] for r in runs]) / e)),
+        "optimizer": float(np.median(np.array([r[h5io.OPTIMIZER_SECONDS] for r in runs]) / e)),
         "load_per_patch": float(load1),
         "load_fixed": float(load0),
         "alpha": alpha,

@@ -272,7 +272,10 @@ def test_scripts_the_workflow_copies_are_every_script_and_package_module():
     }  # fmt: skip
     scripts = REPO / "workflow" / "scripts"
     assert sorted(lists["ENTRY_SCRIPTS"]) == sorted(p.name for p in scripts.glob("*.py"))
-    assert sorted(lists["PACKAGE_MODULES"]) == sorted(p.name for p in (scripts / "sae").glob("*.py"))
+    package = scripts / "sae"  # with its subpackage sae/sweep/
+    assert sorted(lists["PACKAGE_MODULES"]) == sorted(
+        p.relative_to(package).as_posix() for p in package.rglob("*.py")
+    )
 
 
 def test_catalog_usage_file():

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from conftest import REPO, SCRIPTS, make_patches_file, mpirun, run, smooth_images
-from sae import SaeError, objective, sweep
+from sae import SaeError, objective
+from sae.sweep import model, records, scaling
 
 TINY = {"ranks": [1, 2], "sizes": [1000, 2000], "repeats": 1, "iterations": 12}
 # Timing rules, each with its one-rank variant (a plain process, not an MPI job).
@@ -65,34 +66,34 @@ def run_row(ranks, samples, repeat=1, loop=1.0, evaluations=100, **extra):
 
 
 def test_run_names_round_trip_and_bad_names_are_one_line_errors():
-    name = sweep.RUN_NAME.format(ranks=16, samples=160000, repeat=3)
-    assert sweep.parse_run_name(f"results/sweep/runs/{name}") == (16, 160000, 3)
+    name = records.RUN_NAME.format(ranks=16, samples=160000, repeat=3)
+    assert records.parse_run_name(f"results/sweep/runs/{name}") == (16, 160000, 3)
     with pytest.raises(SaeError, match="not a sweep run file"):
-        sweep.parse_run_name("model.h5")
+        records.parse_run_name("model.h5")
 
 
 def test_run_record_names_a_missing_attribute():
-    attrs = {k: 1 for k in sweep.RUN_COLUMNS if k not in ("repeat", "comm_seconds_max")}
+    attrs = {k: 1 for k in records.RUN_COLUMNS if k not in ("repeat", "comm_seconds_max")}
     with pytest.raises(SaeError, match="'comm_seconds_max' missing"):
-        sweep.run_record(attrs, 1, "m.h5")
+        records.run_record(attrs, 1, "m.h5")
 
 
 def test_csv_round_trip_keeps_every_bit(tmp_path):
     rows = [run_row(1, 1000, loop=1 / 3), run_row(2, 1000, loop=np.float64(2 / 7), evaluations=np.int64(5))]
-    sweep.write_csv(tmp_path / "r.csv", rows, sweep.RUN_COLUMNS)
-    back = sweep.read_csv(tmp_path / "r.csv", sweep.RUN_COLUMNS)
+    records.write_csv(tmp_path / "r.csv", rows, records.RUN_COLUMNS)
+    back = records.read_csv(tmp_path / "r.csv", records.RUN_COLUMNS)
     assert back == [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in rows]
     assert not list(tmp_path.glob(".*tmp*"))
     (tmp_path / "bad.csv").write_text("ranks,samples\n1,x\n")
     with pytest.raises(SaeError, match="missing columns"):
-        sweep.read_csv(tmp_path / "bad.csv", sweep.RUN_COLUMNS)
+        records.read_csv(tmp_path / "bad.csv", records.RUN_COLUMNS)
 
 
 def test_speedup_is_the_median_ratio_and_efficiency_is_speedup_over_p():
     rows = [run_row(1, 1000, r, loop) for r, loop in enumerate([4.0, 4.4, 3.9], 1)]
     rows += [run_row(4, 1000, r, loop) for r, loop in enumerate([1.3, 1.25, 1.2], 1)]
     rows += [run_row(1, 2000, 1, 8.0), run_row(4, 2000, 1, 2.0)]
-    points = {(p["ranks"], p["samples"]): p for p in sweep.scaling(rows)}
+    points = {(p["ranks"], p["samples"]): p for p in scaling.scaling(rows)}
     assert points[4, 1000]["speedup"] == pytest.approx(4.0 / 1.25)
     assert points[4, 1000]["loop_seconds_min"] == 1.2 and points[4, 1000]["loop_seconds_max"] == 1.3
     assert points[4, 2000]["efficiency"] == pytest.approx(1.0)
@@ -100,7 +101,7 @@ def test_speedup_is_the_median_ratio_and_efficiency_is_speedup_over_p():
         assert p["efficiency"] == pytest.approx(p["speedup"] / p["ranks"])
     assert points[1, 1000]["speedup"] == 1.0 and points[1, 1000]["runs"] == 3
     with pytest.raises(SaeError, match="speedup needs ranks 1"):
-        sweep.scaling([run_row(2, 1000)])
+        scaling.scaling([run_row(2, 1000)])
 
 
 def test_markdown_table_is_the_reports_layout():
@@ -111,30 +112,30 @@ def test_markdown_table_is_the_reports_layout():
         for r in (1, 2, 3)
     ]
     rows.remove(next(r for r in rows if (r["ranks"], r["samples"]) == (2, 20000)))
-    text = sweep.markdown_table(rows)
+    text = scaling.markdown_table(rows)
     lines = text.splitlines()
     assert lines[0] == "| Processes / Training size | 1,000 | 20,000 |"
     assert lines[2] == "| 1 | 1.02 s | 20.02 s |"  # the median of three repeats
     assert lines[3].startswith("| 2 | 0.52 s | ")
     assert "the same on every process count" in text and "1,000: 100" in text
     rows[0]["evaluations"] = 101
-    assert "DIFFER" in sweep.markdown_table(rows)
-    assert sweep.evaluations_by_size(rows)[1000] == [100, 101]
+    assert "DIFFER" in scaling.markdown_table(rows)
+    assert scaling.evaluations_by_size(rows)[1000] == [100, 101]
 
 
 def test_breakdown_parts_add_up_to_the_loop():
-    parts = sweep.breakdown([run_row(1, 1000, loop=2.0), run_row(2, 1000, loop=1.0)])
+    parts = scaling.breakdown([run_row(1, 1000, loop=2.0), run_row(2, 1000, loop=1.0)])
     for p in parts:
-        total = sum(p[k] for k in sweep.BREAKDOWN_PARTS)
+        total = sum(p[k] for k in scaling.BREAKDOWN_PARTS)
         assert total == pytest.approx(p["loop"])
-        assert sum(p[f"{k}_share"] for k in sweep.BREAKDOWN_PARTS) == pytest.approx(1.0)
+        assert sum(p[f"{k}_share"] for k in scaling.BREAKDOWN_PARTS) == pytest.approx(1.0)
     assert parts[0]["imbalance"] == pytest.approx(0.1 * 2.0)
 
 
 def test_tree_steps_and_whole_blocks():
-    assert list(sweep.tree_steps([1, 2, 3, 4, 5, 16, 17])) == [0, 1, 2, 2, 3, 4, 5]
+    assert list(model.tree_steps([1, 2, 3, 4, 5, 16, 17])) == [0, 1, 2, 2, 3, 4, 5]
     # 1000 rows = 8 blocks of 128 (the last 104 rows): 2 ranks hold 4 blocks, 16 ranks 1 block.
-    assert list(sweep.busiest_rows(1000, [1, 2, 3, 16], 128)) == [1000, 512, 384, 128]
+    assert list(model.busiest_rows(1000, [1, 2, 3, 16], 128)) == [1000, 512, 384, 128]
 
 
 def synthetic(truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), scales=(0.25, 1, 4)):
@@ -143,8 +144,8 @@ def synthetic(truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), scales
     for p in ranks:
         for n in sizes:
             e = 400 + n // 10_000
-            rows = float(sweep.busiest_rows(n, p, 128))
-            comm = float(sweep.comm_time(truth, p))
+            rows = float(model.busiest_rows(n, p, 128))
+            comm = float(model.comm_time(truth, p))
             compute = e * (truth["compute_per_patch"] * rows + truth["compute_fixed"])
             optimizer = e * truth["optimizer"]
             runs.append(
@@ -163,7 +164,7 @@ def synthetic(truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), scales
     for p in ranks:
         for s in scales:
             nbytes = s * truth["buffer_bytes"]
-            seconds = float(sweep.tree_steps(p)) * (2 * truth["alpha"] + truth["beta"] * nbytes) + 1e-7 * (
+            seconds = float(model.tree_steps(p)) * (2 * truth["alpha"] + truth["beta"] * nbytes) + 1e-7 * (
                 p == 1
             )
             bench.append({"ranks": p, "scale": s, "bytes": nbytes, "seconds": seconds})
@@ -185,30 +186,30 @@ TRUTH = {
 
 def test_fit_recovers_the_parameters_that_made_the_data():
     runs, bench = synthetic(TRUTH)
-    model = sweep.fit_model(runs, bench)
+    fit = model.fit_model(runs, bench)
     for key, value in TRUTH.items():
-        assert model[key] == pytest.approx(value, rel=1e-6), key
-    assert model["benchmark_ranks"] == [1, 2, 4, 8]
-    for check in sweep.validation(model, runs):
+        assert fit[key] == pytest.approx(value, rel=1e-6), key
+    assert fit["benchmark_ranks"] == [1, 2, 4, 8]
+    for check in model.validation(fit, runs):
         assert abs(check["relative_error"]) < 1e-6
 
 
 def test_model_predictions_behave():
-    model = {**TRUTH, "evaluations": 400.0}
-    s, e = sweep.predicted_speedup(model, np.array([1.0, 2.0, 1024.0]), 1e4)
+    fit = {**TRUTH, "evaluations": 400.0}
+    s, e = model.predicted_speedup(fit, np.array([1.0, 2.0, 1024.0]), 1e4)
     assert s[0] == pytest.approx(1.0) and np.all(s <= [1, 2, 1024])
     assert e[2] < 0.01  # 79 blocks cannot keep 1024 ranks busy
-    _, e_big = sweep.predicted_speedup(model, 1024.0, 1e9)
+    _, e_big = model.predicted_speedup(fit, 1024.0, 1e9)
     assert e_big > 0.9  # plenty of rows: compute dominates
-    parts = sweep.predict(model, 8, 1e6)
+    parts = model.predict(fit, 8, 1e6)
     assert parts["total"] == pytest.approx(
         sum(parts[k] for k in ("load", "compute", "communication", "optimizer"))
     )
-    assert sweep.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
+    assert model.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
 
 
 def test_without_a_multi_rank_benchmark_communication_is_free():
-    assert sweep.fit_collectives([{"ranks": 1, "scale": 1.0, "bytes": 100.0, "seconds": 1e-6}]) == (0.0, 0.0)
+    assert model.fit_collectives([{"ranks": 1, "scale": 1.0, "bytes": 100.0, "seconds": 1e-6}]) == (0.0, 0.0)
 
 
 # --- The collectives benchmark on real MPI ranks --------------------------------------------------
@@ -219,7 +220,7 @@ def test_collectives_benchmark_times_the_models_buffers_on_two_ranks(tmp_path):
     out = tmp_path / "c.csv"
     args = ["--side", 8, "--hidden", 25, "--scales", 0.5, 1, "--repeats", 20]
     mpirun(2, SCRIPTS / "sweep_collectives.py", patches, out, *args)
-    rows = sweep.read_csv(out, sweep.COLLECTIVE_COLUMNS)
+    rows = records.read_csv(out, records.COLLECTIVE_COLUMNS)
     assert [r["scale"] for r in rows] == [0.5, 1.0]
     one = rows[1]
     assert one["reduce_doubles"] == objective.Sums(64, 25).size
@@ -283,7 +284,7 @@ def test_tiny_sweep_writes_every_output(tiny_sweep):
 
 def test_tiny_sweep_csv_has_one_row_per_point(tiny_sweep):
     folder, _ = tiny_sweep
-    rows = sweep.read_csv(folder / "results" / "sweep" / "runtimes.csv", sweep.RUN_COLUMNS)
+    rows = records.read_csv(folder / "results" / "sweep" / "runtimes.csv", records.RUN_COLUMNS)
     points = [(r["ranks"], r["samples"], r["repeat"]) for r in rows]
     assert sorted(points) == [(p, n, 1) for p in TINY["ranks"] for n in TINY["sizes"]]
     with open(folder / "results" / "sweep" / "runtimes.csv") as f:
@@ -298,7 +299,7 @@ def test_tiny_sweep_csv_has_one_row_per_point(tiny_sweep):
 
 def test_tiny_sweep_evaluations_and_cost_are_equal_across_ranks(tiny_sweep):
     folder, _ = tiny_sweep
-    rows = sweep.read_csv(folder / "results" / "sweep" / "runtimes.csv", sweep.RUN_COLUMNS)
+    rows = records.read_csv(folder / "results" / "sweep" / "runtimes.csv", records.RUN_COLUMNS)
     for n in TINY["sizes"]:
         same = [r for r in rows if r["samples"] == n]
         assert len({r["evaluations"] for r in same}) == 1
@@ -312,9 +313,9 @@ def test_tiny_sweep_evaluations_and_cost_are_equal_across_ranks(tiny_sweep):
 def test_tiny_sweep_efficiency_is_speedup_over_p(tiny_sweep):
     folder, _ = tiny_sweep
     out = folder / "results" / "sweep"
-    runs = sweep.read_csv(out / "runtimes.csv", sweep.RUN_COLUMNS)
+    runs = records.read_csv(out / "runtimes.csv", records.RUN_COLUMNS)
     loop = {(r["ranks"], r["samples"]): r["loop_seconds_max"] for r in runs}
-    points = sweep.read_csv(out / "scaling.csv", sweep.SCALING_COLUMNS)
+    points = records.read_csv(out / "scaling.csv", scaling.SCALING_COLUMNS)
     assert len(points) == len(TINY["ranks"]) * len(TINY["sizes"])
     for p in points:
         assert p["speedup"] == pytest.approx(

@@ -15,7 +15,7 @@ ENTRY_SCRIPTS = [
     "sweep_report.py",
     "sweep_model.py",
 ]
-PACKAGE_MODULES = [
+PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "__init__.py",
     "cli.py",
     "config.py",
@@ -26,8 +26,13 @@ PACKAGE_MODULES = [
     "one_blas_thread.py",
     "parallel.py",
     "patches.py",
-    "sweep.py",
     "train.py",
+    "sweep/__init__.py",
+    "sweep/records.py",
+    "sweep/scaling.py",
+    "sweep/model.py",
+    "sweep/collectives.py",
+    "sweep/plots.py",
 ]
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 for name in [*ENTRY_SCRIPTS, *(f"sae/{module}" for module in PACKAGE_MODULES)]:

@@ -2,7 +2,8 @@
 
 import argparse
 
-from sae import cli, sweep
+from sae import cli
+from sae.sweep import model, plots, records
 
 
 def body():
@@ -14,13 +15,13 @@ def body():
     parser.add_argument("--max-ranks", type=int, required=True)
     parser.add_argument("--max-samples", type=float, required=True)
     args = parser.parse_args()
-    runs = sweep.read_csv(args.runtimes, sweep.RUN_COLUMNS)
-    bench = [row for path in args.collectives for row in sweep.read_csv(path, sweep.COLLECTIVE_COLUMNS)]
-    model = sweep.fit_model(runs, bench)
-    checks = sweep.validation(model, runs)
-    sweep.write_json(args.fit, {"model": model, "validation": checks})
-    sweep.plot_model(model, runs, args.plot, args.max_ranks, args.max_samples)
-    for key, value in model.items():
+    runs = records.read_csv(args.runtimes, records.RUN_COLUMNS)
+    bench = [row for path in args.collectives for row in records.read_csv(path, records.COLLECTIVE_COLUMNS)]
+    fit = model.fit_model(runs, bench)
+    checks = model.validation(fit, runs)
+    records.write_json(args.fit, {"model": fit, "validation": checks})
+    plots.plot_model(fit, runs, args.plot, args.max_ranks, args.max_samples)
+    for key, value in fit.items():
         print(f"{key}: {value}")
     for c in checks:
         print(

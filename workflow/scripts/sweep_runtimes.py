@@ -2,7 +2,8 @@
 
 import argparse
 
-from sae import cli, sweep
+from sae import cli
+from sae.sweep import records, scaling
 
 
 def body():
@@ -10,9 +11,9 @@ def body():
     parser.add_argument("out", help="runtimes.csv to write")
     parser.add_argument("runs", nargs="+", help="model files named p{ranks}_n{samples}_r{repeat}.h5")
     args = parser.parse_args()
-    rows = sweep.sort_runs([sweep.read_run(path) for path in args.runs])
-    sweep.write_csv(args.out, rows, sweep.RUN_COLUMNS)
-    for n, evaluations in sweep.evaluations_by_size(rows).items():
+    rows = records.sort_runs([records.read_run(path) for path in args.runs])
+    records.write_csv(args.out, rows, records.RUN_COLUMNS)
+    for n, evaluations in scaling.evaluations_by_size(rows).items():
         same = "the same on every rank count" if len(evaluations) == 1 else "DIFFERENT across rank counts"
         print(f"{n} samples: evaluations {evaluations} ({same})")
     print(f"wrote {len(rows)} runs to {args.out}")

@@ -95,16 +95,17 @@ def train_tasks(wildcards, threads):
     return min(threads, os.cpu_count() or 1) if ranks == "auto" else ranks
 
 
-def train_params(count, iterations):
+def train_params(count, iterations, hidden=None):
     """The params of both training rules: every value that decides the model.
 
-    count: patches.count the input file was made with; iterations: L-BFGS iterations.
+    count: patches.count the input file was made with; iterations: L-BFGS iterations;
+    hidden: hidden units (or a function of the wildcards), by default train.hidden.
     """
     return dict(
         side=config["patches"]["side"],
         n=count,
         patches_seed=config["patches"]["seed"],
-        hidden=config["train"]["hidden"],
+        hidden=config["train"]["hidden"] if hidden is None else hidden,
         rho=config["train"]["rho"],
         **{"lambda": config["train"]["lambda"]},  # a Python keyword: a dict key
         beta=config["train"]["beta"],

@@ -21,9 +21,9 @@ def body():
     parser.add_argument("--breakdown", required=True, help="breakdown.png to write")
     args = parser.parse_args()
     rows = records.read_csv(args.runtimes, records.RUN_COLUMNS)
-    evaluations = scaling.evaluations_by_size(rows)
+    evaluations = scaling.evaluations_by_problem(rows)
     if any(len(v) > 1 for v in evaluations.values()):
-        log.warning("evaluations differ between rank counts of one size: %s", evaluations)
+        log.warning("evaluations differ between rank counts of one problem (hidden, size): %s", evaluations)
     table = scaling.markdown_table(rows)
     with h5io.atomic_path(args.table) as tmp:
         tmp.write_text(table)
@@ -35,7 +35,8 @@ def body():
     print(table)
     for p in points:
         print(
-            f"N={p['samples']} p={p['ranks']}: speedup {p['speedup']:.3f}, efficiency {p['efficiency']:.3f}"
+            f"h={p['hidden']} N={p['samples']} p={p['ranks']}: "
+            f"speedup {p['speedup']:.3f}, efficiency {p['efficiency']:.3f}"
         )
 
 

@@ -15,8 +15,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..objective import Sums, n_params
-
-DOUBLE = 8  # bytes
+from .records import DOUBLE
 
 
 def measure(comm, v: int, h: int, scales, repeats: int, seed: int = 0) -> np.ndarray | None:

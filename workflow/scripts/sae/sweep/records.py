@@ -1,7 +1,7 @@
 """Records of the sweep: timed runs (model files) as rows, and the CSV and JSON files.
 
 One timed training run is a model.h5 written by train_model.py, named by RUN_NAME
-(ranks, samples, repeat); its attributes (the timing names come from h5io) become one
+(ranks, hidden units, samples, repeat); its attributes (the timing names come from h5io) become one
 row of runtimes.csv with RUN_COLUMNS. Rows are plain dicts; CSV files keep every float
 bit for bit (repr) and are written through h5io.atomic_path.
 """
@@ -17,35 +17,49 @@ import numpy as np
 
 from .. import SaeError, h5io
 
-# Columns of runtimes.csv: one row per ranks x samples x repeat.
+# Columns of runtimes.csv: one row per ranks x hidden x samples x repeat.
 RUN_COLUMNS = (
     "ranks",
+    "hidden",
     "samples",
     "repeat",
     "evaluations",
     "iterations",
     "block_size",
+    "side",
     "precision",
     "cost",
     h5io.WALL_SECONDS,
     *h5io.RANK_TIMING_ATTRS,
     h5io.OPTIMIZER_SECONDS,
 )
-# Columns of a collectives benchmark file: one row per buffer scale.
+# Columns of a collectives benchmark file: one row per buffer scale (bytes: DOUBLE per value).
 COLLECTIVE_COLUMNS = ("ranks", "scale", "reduce_doubles", "bcast_doubles", "bytes", "seconds", "seconds_min")
-INTEGER_COLUMNS = {"ranks", "samples", "repeat", "evaluations", "iterations", "block_size", "runs"}
+# Columns of every CSV file here that hold integers, and text.
+INTEGER_COLUMNS = {
+    "ranks",
+    "hidden",
+    "samples",
+    "repeat",
+    "evaluations",
+    "iterations",
+    "block_size",
+    "side",
+    "runs",
+}
 TEXT_COLUMNS = {"precision"}
 OPTIONAL_ATTRS = {"precision": ""}
+DOUBLE = 8  # bytes of one value in the collectives' buffers (float64)
 
-RUN_NAME = "p{ranks}_n{samples}_r{repeat}.h5"
-_RUN_NAME = re.compile(r"p(\d+)_n(\d+)_r(\d+)\.h5")
+RUN_NAME = "p{ranks}_h{hidden}_n{samples}_r{repeat}.h5"  # as rule sweep_train's output
+_RUN_NAME = re.compile(r"p(\d+)_h(\d+)_n(\d+)_r(\d+)\.h5")
 
 
-def parse_run_name(path) -> tuple[int, int, int]:
-    """(ranks, samples, repeat) from a run file named like RUN_NAME."""
+def parse_run_name(path) -> tuple[int, int, int, int]:
+    """(ranks, hidden, samples, repeat) from a run file named like RUN_NAME."""
     match = _RUN_NAME.fullmatch(Path(path).name)
     if not match:
-        raise SaeError(f"{path}: not a sweep run file (expected a name like p2_n10000_r1.h5)")
+        raise SaeError(f"{path}: not a sweep run file (expected a name like p2_h25_n10000_r1.h5)")
     return tuple(int(g) for g in match.groups())
 
 
@@ -75,19 +89,19 @@ def run_record(attrs: dict, repeat: int, where="model") -> dict:
 
 def read_run(path) -> dict:
     """The runtimes.csv row of one timed run, checked against the file's name."""
-    ranks, samples, repeat = parse_run_name(path)
+    ranks, hidden, samples, repeat = parse_run_name(path)
     _, attrs = h5io.read_model(path)
     row = run_record(attrs, repeat, path)
-    if (row["ranks"], row["samples"]) != (ranks, samples):
+    if (row["ranks"], row["hidden"], row["samples"]) != (ranks, hidden, samples):
         raise SaeError(
-            f"{path}: trained on {row['ranks']} ranks and {row['samples']} samples, "
-            f"the name says {ranks} and {samples}"
+            f"{path}: trained on {row['ranks']} ranks, {row['hidden']} hidden units and "
+            f"{row['samples']} samples, the name says {ranks}, {hidden} and {samples}"
         )
     return row
 
 
 def sort_runs(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: (r["samples"], r["ranks"], r["repeat"]))
+    return sorted(rows, key=lambda r: (r["hidden"], r["samples"], r["ranks"], r["repeat"]))
 
 
 def _text(value) -> str:

@@ -3,37 +3,38 @@
 import csv
 import json
 import re
-import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, SCRIPTS, make_patches_file, mpirun, run, smooth_images
+from conftest import (
+    REPO,
+    SCRIPTS,
+    job_counts,
+    load_config,
+    make_patches_file,
+    mpirun,
+    smooth_images,
+    snakemake,
+    write_config,
+)
 from sae import SaeError, objective
 from sae.sweep import model, records, scaling
 
-TINY = {"ranks": [1, 2], "hidden": [16, 25], "sizes": [1000, 2000], "repeats": 1, "iterations": 12}
+TINY = load_config("tiny_sweep")["sweep"]
 # Timing rules, each with its one-rank variant (a plain process, not an MPI job).
 TIMING_RULES = {"sweep_train", "sweep_train_one_rank", "sweep_collectives", "sweep_collectives_one_rank"}
 
 
-def snakemake(folder, *args, check=True):
-    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
-
-
 def sweep_config(folder, name, sweep_section, images=True):
-    """The workflow's config with a ``sweep`` section and, for speed, two small images."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["sweep"] = sweep_section
+    """A config file with a ``sweep`` section and, for speed, two small synthetic images."""
+    layers = [{"sweep": sweep_section}]
     if images:
         for i, img in enumerate(smooth_images(2, 64)):
             np.save(folder / f"img{i}.npy", img)
-        config["images"] = {"source": ["img0.npy", "img1.npy"], "whiten": True}
-    path = folder / name
-    path.write_text(yaml.safe_dump(config))
-    return path
+        layers.append({"images": {"source": ["img0.npy", "img1.npy"], "whiten": True}})
+    return write_config(folder / name, *layers)
 
 
 def run_row(ranks, samples, repeat=1, loop=1.0, evaluations=100, hidden=25, **extra):
@@ -407,8 +408,7 @@ def test_paper_grid_plans_the_reports_150_runs(workflow_copy):
     out = snakemake(
         workflow_copy, "sweep", "-n", "--configfile", workflow_copy / "config" / "paper.yaml"
     ).stdout
-    table = out.split("Job stats:")[1].split("total")[0]
-    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
+    counts = job_counts(out)
     assert counts["sweep_train"] + counts["sweep_train_one_rank"] == 5 * 5 * 3 * 2
     assert counts["sweep_train_one_rank"] == 5 * 3 * 2 and counts["sweep_collectives"] == 4
 

@@ -80,6 +80,11 @@ def image_files():
 
 def logged(command):
     """Shell command with output to the rule's log; on failure its error line also goes to stderr."""
+    # Two rounds of braces: this f-string turns {{log:q}} into Snakemake's field {log:q} and
+    # {{{{ into {{, which Snakemake's formatting turns into the shell's literal {. Rule
+    # filters' command renders (snakemake -n -p) as
+    #   (python "$SAE_SCRIPTS/plot_filters.py" -- results/model.h5 results/filters.png) \
+    #     > results/logs/filters.log 2>&1 || { grep -h '^error:' results/logs/filters.log >&2; exit 1; }
     return f"({command}) > {{log:q}} 2>&1 || {{{{ grep -h '^error:' {{log:q}} >&2; exit 1; }}}}"
 
 

@@ -18,6 +18,7 @@ COMM = MPI.COMM_WORLD
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("patches", help="patches.h5 of the sweep (its width v = side * side)")
     parser.add_argument("out", help="CSV to write")

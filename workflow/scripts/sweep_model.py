@@ -7,6 +7,7 @@ from sae.sweep import model, plots, records
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runtimes", help="runtimes.csv to read")
     parser.add_argument("collectives", nargs="+", help="collectives benchmark CSVs, one per rank count")

@@ -10,6 +10,7 @@ log = logging.getLogger("sweep_report")
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runtimes", help="runtimes.csv to read")
     parser.add_argument("--table", required=True, help="runtimes.md to write")

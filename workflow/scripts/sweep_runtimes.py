@@ -7,6 +7,7 @@ from sae.sweep import records, scaling
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", help="runtimes.csv to write")
     parser.add_argument("runs", nargs="+", help="model files named like records.RUN_NAME")

@@ -1,4 +1,6 @@
-"""HDF5 layout of the workflow's files, and atomic writes.
+"""HDF5 layout of the workflow's files, the model's timing attribute names, and atomic writes.
+
+Owns every file name inside a file: what the stages write and read is spelled here.
 
 images.h5   group ``images``: one 2-D float64 dataset per image, named 000, 001, ...
             with attributes ``name`` and ``sha256`` (of the source file);

@@ -1,4 +1,7 @@
-"""Everything MPI: shards of fixed blocks, and the distributed objective.
+"""The training's MPI: shards of fixed blocks, the distributed objective, ending ranks together.
+
+Owns every MPI call of the training (the sweep's microbenchmark of the same
+collectives is sae.sweep.collectives).
 
 Every rank holds the whole model and the rows of its own blocks. Rank 0 runs
 the optimizer; each evaluation is one Bcast of the parameters (with a command
@@ -125,6 +128,13 @@ def abort_on_failure(comm):
     collective) and SystemExit pass through; any other failure on one rank
     must not leave the others waiting in a collective, so it is reported
     here and ends the job with MPI_Abort.
+
+    Unlike ``python -m mpi4py script.py``, which calls MPI_Abort for every
+    unhandled exception, SystemExit with a nonzero status included: errors all
+    ranks agreed on end each rank normally with exit status 1 and one ``error:``
+    line (no abort, so no launcher noise and Snakemake sees an ordinary
+    failure); only a failure on one rank aborts, after the batched log lines
+    are written and with a SaeError as one line rather than a traceback.
     """
     try:
         yield

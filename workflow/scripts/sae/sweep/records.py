@@ -17,16 +17,10 @@ import numpy as np
 
 from .. import SaeError, h5io
 
-# Columns of runtimes.csv: one row per ranks x hidden x samples x repeat.
+# Columns of runtimes.csv: one row per ranks x hidden x samples x repeat; integers first.
+RUN_INTEGERS = ("ranks", "hidden", "samples", "repeat", "evaluations", "iterations", "block_size", "side")
 RUN_COLUMNS = (
-    "ranks",
-    "hidden",
-    "samples",
-    "repeat",
-    "evaluations",
-    "iterations",
-    "block_size",
-    "side",
+    *RUN_INTEGERS,
     "precision",
     "cost",
     h5io.WALL_SECONDS,
@@ -35,18 +29,8 @@ RUN_COLUMNS = (
 )
 # Columns of a collectives benchmark file: one row per buffer scale (bytes: DOUBLE per value).
 COLLECTIVE_COLUMNS = ("ranks", "scale", "reduce_doubles", "bcast_doubles", "bytes", "seconds", "seconds_min")
-# Columns of every CSV file here that hold integers, and text.
-INTEGER_COLUMNS = {
-    "ranks",
-    "hidden",
-    "samples",
-    "repeat",
-    "evaluations",
-    "iterations",
-    "block_size",
-    "side",
-    "runs",
-}
+# The columns of every CSV file here that hold integers ("runs": scaling.csv), and text.
+INTEGER_COLUMNS = {*RUN_INTEGERS, "runs"}
 TEXT_COLUMNS = {"precision"}
 OPTIONAL_ATTRS = {"precision": ""}
 DOUBLE = 8  # bytes of one value in the collectives' buffers (float64)

@@ -125,7 +125,7 @@ def markdown_table(rows: list[dict], key=LOOP) -> str:
     evals = evaluations_by_problem(rows)
     iterations = sorted({r["iterations"] for r in rows})
     same = all(len(v) == 1 for v in evals.values())
-    counts = "; ".join(
+    counts = ("; " if len(hiddens) > 1 else ", ").join(
         (f"{h} hidden, " if len(hiddens) > 1 else "") + f"{thousands(n)}: {'/'.join(str(e) for e in v)}"
         for (h, n), v in evals.items()
     )

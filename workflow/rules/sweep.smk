@@ -48,6 +48,9 @@ rule sweep_train:
     params:
         **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
         launch=mpi_launch,
+    message:
+        "sweep, {SWEEP_POINT:{wildcards.ranks},{wildcards.samples},{wildcards.repeat}}:"
+        " {wildcards.ranks} ranks, {wildcards.samples} patches, repeat {wildcards.repeat}"
     shell:
         train_shell("--samples {wildcards.samples:q}", "{params.launch}")
 
@@ -69,7 +72,13 @@ rule sweep_collectives:
     input:
         "results/sweep/patches.h5",
     output:
-        "results/sweep/collectives/p{ranks}.csv",
+        report(
+            "results/sweep/collectives/p{ranks}.csv",
+            caption="../report/sweep_collectives.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "collectives benchmark, {ranks} ranks"},
+        ),
     log:
         "results/logs/sweep/collectives_p{ranks}.log",
     wildcard_constraints:
@@ -110,7 +119,13 @@ rule sweep_runtimes:
     input:
         SWEEP_RUNS,
     output:
-        "results/sweep/runtimes.csv",
+        report(
+            "results/sweep/runtimes.csv",
+            caption="../report/sweep_runtimes_csv.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "every timed run"},
+        ),
     log:
         "results/logs/sweep/runtimes.log",
     conda:
@@ -123,11 +138,41 @@ rule sweep_report:
     input:
         "results/sweep/runtimes.csv",
     output:
-        table="results/sweep/runtimes.md",
-        scaling="results/sweep/scaling.csv",
-        speedup="results/sweep/speedup.png",
-        efficiency="results/sweep/efficiency.png",
-        breakdown="results/sweep/breakdown.png",
+        table=report(
+            "results/sweep/runtimes.md",
+            caption="../report/sweep_runtimes_md.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "median loop seconds (the report's Figure 3.1)"},
+        ),
+        scaling=report(
+            "results/sweep/scaling.csv",
+            caption="../report/sweep_scaling.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "speedup and efficiency per point"},
+        ),
+        speedup=report(
+            "results/sweep/speedup.png",
+            caption="../report/sweep_speedup.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=speedup_labels,
+        ),
+        efficiency=report(
+            "results/sweep/efficiency.png",
+            caption="../report/sweep_efficiency.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=efficiency_labels,
+        ),
+        breakdown=report(
+            "results/sweep/breakdown.png",
+            caption="../report/sweep_breakdown.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=breakdown_labels,
+        ),
     log:
         "results/logs/sweep/report.log",
     conda:
@@ -148,8 +193,20 @@ rule sweep_model:
             "results/sweep/collectives/p{ranks}.csv", ranks=SWEEP["ranks"]
         ),
     output:
-        fit="results/sweep/model.json",
-        plot="results/sweep/model.png",
+        fit=report(
+            "results/sweep/model.json",
+            caption="../report/sweep_model_json.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "performance model fit"},
+        ),
+        plot=report(
+            "results/sweep/model.png",
+            caption="../report/sweep_model.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=model_labels,
+        ),
     log:
         "results/logs/sweep/model.log",
     conda:

@@ -57,6 +57,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        "results/filters.png",
-        "results/training.png",
-        built_sweep_outputs,
+        default_outputs,  # the filters and the training curve (workflow/rules/report.smk)

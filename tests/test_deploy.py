@@ -176,7 +176,7 @@ def test_imported_as_a_module_by_a_users_own_snakefile(tmp_path):
     for name in ("runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "speedup.png", "model.png"):
         assert (results / "sweep" / name).stat().st_size > 0, name
     assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + 4
-    assert "rule sae_train:" in proc.stderr and "rule sae_sweep_train_one_rank:" in proc.stderr
+    assert "rule sae_train:" in proc.stderr and "sae_sweep_train_one_rank: grid point 1 of 4" in proc.stderr
     assert checkout_state() == before
 
 

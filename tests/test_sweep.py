@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SCRIPTS, make_patches_file, mpirun, run, smooth_images
-from sae import SaeError, objective, sweep
+from sae import SaeError, labels, objective, sweep
 
 TINY = {"ranks": [1, 2], "sizes": [1000, 2000], "repeats": 1, "iterations": 12}
 # Timing rules, each with its one-rank variant (a plain process, not an MPI job).
@@ -254,6 +254,9 @@ def job_events(stderr):
             jobid = int(re.search(r"jobid: (\d+)", body).group(1))
             threads = re.search(r"threads: (\d+)", body)
             events.append(("start", jobid, start.group(1), int(threads.group(1)) if threads else 1))
+        message = re.search(r"^Job (\d+): (\w+): .*\((\d+) cores\)$", block, re.M)  # a timing run
+        if message:
+            events.append(("start", int(message.group(1)), message.group(2), int(message.group(3))))
         for jobid, rule in re.findall(r"Finished jobid: (\d+) \(Rule: (\w+)\)", block):
             events.append(("end", int(jobid), rule, None))
     return events
@@ -370,3 +373,37 @@ def test_sweep_without_one_rank_is_a_one_line_config_error(workflow_copy):
     proc = snakemake(workflow_copy, "sweep", "-n", "--configfile", config, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1 and "sweep.ranks" in errors[0]
+
+
+def test_tiny_sweep_says_which_grid_point_runs_of_how_many_in_order(tiny_sweep):
+    _, proc = tiny_sweep
+    said = re.findall(
+        r"^Job \d+: sweep_train\w*: grid point (\d+) of (\d+), (\d+) ranks x (\d+) patches, repeat (\d+)",
+        proc.stderr,
+        re.M,
+    )
+    grid = [(p, n, r) for p in TINY["ranks"] for n in TINY["sizes"] for r in range(1, TINY["repeats"] + 1)]
+    assert [tuple(int(v) for v in line) for line in said] == [
+        (k, len(grid), *point) for k, point in enumerate(grid, start=1)
+    ]
+
+
+def test_report_after_the_sweep_holds_its_figures_and_tables_with_their_numbers(tiny_sweep):
+    folder, _ = tiny_sweep
+    proc = snakemake(
+        folder, "-s", REPO / "Snakefile", "--configfile", "tiny.yaml", "--report", "results/report.html"
+    )
+    added = re.findall(r"^Adding (\S+) \(", proc.stderr, re.M)
+    tables = ["runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "p1.csv", "p2.csv"]
+    figures = ["speedup.png", "efficiency.png", "breakdown.png", "model.png"]
+    # The main job did not run here: no filters or training curve, and no error for them.
+    assert sorted(added) == sorted(tables + figures)
+    page = (folder / "results" / "report.html").read_text()
+    out = folder / "results" / "sweep"
+    for text in (
+        labels.speedup(out / "scaling.csv")["measured"],
+        labels.efficiency(out / "scaling.csv")["measured"],
+        labels.breakdown(out / "runtimes.csv")["measured"],
+        labels.model(out / "model.json")["measured"],
+    ):
+        assert json.dumps(text)[1:-1] in page, text  # in a caption, as the report's JSON holds it

@@ -33,10 +33,12 @@ def model_labels(wildcards, output):
     return report_labels.model(output.fit)
 
 
-# The sweep's figures and tables are not part of the default target (a run of it never
-# starts the sweep). For `snakemake --report` (no execution settings: the workflow is
-# not executed) the default target also asks for those already built, so the report
-# holds everything built so far.
+# What the default target asks for. A run (`snakemake --cores 16`) builds the filters and
+# the training curve, never the sweep. A report, or any other command that does not run
+# the workflow (no execution settings), asks for every reported output built so far, so
+# `snakemake --report results/report.html` holds whatever of the main job and the sweep
+# exists (with nothing built yet: the main job's outputs, as a run would).
+MAIN_OUTPUTS = ["results/filters.png", "results/training.png"]
 SWEEP_REPORTED = [
     "results/sweep/runtimes.csv",
     "results/sweep/runtimes.md",
@@ -49,30 +51,34 @@ SWEEP_REPORTED = [
 ]
 
 
-def built_sweep_outputs(wildcards):
-    """The sweep outputs that exist, when Snakemake builds a report rather than runs."""
+def default_outputs(wildcards):
+    """The default target's files: see above."""
     if workflow.execution_settings is not None:
-        return []
-    return [path for path in SWEEP_REPORTED if os.path.exists(path)]
+        return MAIN_OUTPUTS
+    built = [path for path in MAIN_OUTPUTS + SWEEP_REPORTED if os.path.exists(path)]
+    return built or MAIN_OUTPUTS
 
 
-class SweepPoint:
-    """A sweep run's place in the grid, for a rule's message.
-
-    In a message, ``{SWEEP_POINT:{wildcards.ranks},{wildcards.samples},{wildcards.repeat}}``
-    reads "grid point K of M" (K counts ranks, then sizes, then repeats as config
-    `sweep` lists them).
-    """
-
-    def __format__(self, spec):
-        ranks, samples, repeat = (int(v) for v in spec.split(","))
-        grid = [
-            (p, n, r)
-            for p in config["sweep"]["ranks"]
-            for n in config["sweep"]["sizes"]
-            for r in range(1, config["sweep"]["repeats"] + 1)
-        ]
-        return f"grid point {grid.index((ranks, samples, repeat)) + 1} of {len(grid)}"
+def sweep_grid():
+    """The sweep's runs as (ranks, samples, repeat), in the order of config `sweep`."""
+    sweep = config["sweep"]
+    return [
+        (p, n, r)
+        for p in sweep["ranks"]
+        for n in sweep["sizes"]
+        for r in range(1, sweep["repeats"] + 1)
+    ]
 
 
-SWEEP_POINT = SweepPoint()
+def sweep_point(wildcards):
+    """A timing run's place in the grid, for its message: "grid point K of M"."""
+    grid = sweep_grid()
+    point = (int(wildcards.ranks), int(wildcards.samples), int(wildcards.repeat))
+    return f"grid point {grid.index(point) + 1} of {len(grid)}"
+
+
+def sweep_priority(wildcards):
+    """Earlier grid points first, so the runs start in the order their messages count."""
+    grid = sweep_grid()
+    point = (int(wildcards.ranks), int(wildcards.samples), int(wildcards.repeat))
+    return len(grid) - grid.index(point)

@@ -37,6 +37,7 @@ rule sweep_train:
         ranks=r"[2-9]|[1-9]\d+",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
+    priority: sweep_priority
     conda:
         "../envs/sae.yaml"
     threads: lambda wildcards: int(wildcards.ranks)
@@ -45,12 +46,13 @@ rule sweep_train:
         mpi="mpiexec",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
+        sweep_point=sweep_point,
     params:
         **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
         launch=mpi_launch,
     message:
-        "sweep, {SWEEP_POINT:{wildcards.ranks},{wildcards.samples},{wildcards.repeat}}:"
-        " {wildcards.ranks} ranks, {wildcards.samples} patches, repeat {wildcards.repeat}"
+        "{rule}: {resources.sweep_point}, {wildcards.ranks} ranks x {wildcards.samples}"
+        " patches, repeat {wildcards.repeat} ({threads} cores)"
     shell:
         train_shell("--samples {wildcards.samples:q}", "{params.launch}")
 
@@ -66,6 +68,7 @@ use rule sweep_train as sweep_train_one_rank with:
         mpi="",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
+        sweep_point=sweep_point,
 
 
 rule sweep_collectives:

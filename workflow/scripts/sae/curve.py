@@ -47,8 +47,9 @@ def describe(s: dict) -> str:
 def plot(history: np.ndarray, s: dict, path) -> None:
     """training.png: cost (top) and gradient norm (bottom) on log scales against iteration.
 
-    A resumed run has a dashed line after the iteration it resumed from; the
-    title is describe(s).
+    An inset draws the cost after the first 5% of the iterations on a linear
+    scale. A resumed run has a dashed line after the iteration it resumed from;
+    the title is describe(s).
     """
     import matplotlib
 
@@ -68,6 +69,15 @@ def plot(history: np.ndarray, s: dict, path) -> None:
         fontsize=9,
     )
     top.set_ylabel("cost J")
+    first = len(history) // 20  # the slow descent after the first drop, on a linear scale
+    if len(history) >= 40:
+        inset = top.inset_axes((0.4, 0.36, 0.58, 0.5))
+        inset.plot(iteration[first:], history[first:, 0], color="#4C72B0", lw=1.2)
+        inset.tick_params(labelsize=7.5)
+        inset.set_title(f"from iteration {first + 1}, linear scale", fontsize=8)
+        inset.grid(True, alpha=0.3)
+        if s["resumed_from"] > first:
+            inset.axvline(s["resumed_from"] + 0.5, color="0.3", ls="--", lw=1.0)
     bottom.plot(iteration, history[:, 1], color="#DD8452", lw=1.2)
     bottom.set_ylabel("gradient norm |∇J|")
     bottom.set_xlabel("L-BFGS iteration")
@@ -78,18 +88,18 @@ def plot(history: np.ndarray, s: dict, path) -> None:
         if s["resumed_from"]:
             ax.axvline(s["resumed_from"] + 0.5, color="0.3", ls="--", lw=1.1)
     if s["resumed_from"]:
-        top.text(
+        bottom.text(
             s["resumed_from"] + 0.5,
             0.97,
             f" resumed from iteration {s['resumed_from']}",
-            transform=top.get_xaxis_transform(),
+            transform=bottom.get_xaxis_transform(),
             va="top",
             fontsize=9,
             color="0.3",
         )
     top.set_xlim(0, max(len(history), 1) + 1)
     fig.suptitle("Training: cost and gradient norm per iteration", fontsize=12)
-    top.set_title(describe(s), fontsize=8.5, color="0.25")
+    top.set_title(describe(s).replace("; ", "\n"), fontsize=8.5, color="0.25")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)

@@ -133,11 +133,11 @@ def test_sweep_labels_quote_speedup_efficiency_breakdown_and_model(tmp_path):
     sweep.write_csv(tmp_path / "scaling.csv", sweep.scaling(rows), sweep.SCALING_COLUMNS)
     assert labels.speedup(tmp_path / "scaling.csv") == {
         "figure": "speedup",
-        "measured": "1.60× on 2 (N = 1,000), 1.90× on 2 (N = 2,000)",  # noqa: RUF001
+        "measured": "1.60× on 2 ranks (N = 1,000), 1.90× on 2 ranks (N = 2,000)",  # noqa: RUF001
     }
     assert (
         labels.efficiency(tmp_path / "scaling.csv")["measured"]
-        == "0.80 on 2 (N = 1,000), 0.95 on 2 (N = 2,000)"
+        == "0.80 on 2 ranks (N = 1,000), 0.95 on 2 ranks (N = 2,000)"
     )
     shares = labels.breakdown(tmp_path / "runtimes.csv")["measured"]
     parts = "compute / imbalance / communication / optimizer"

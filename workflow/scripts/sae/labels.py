@@ -43,11 +43,11 @@ def filters(model_path) -> dict:
 
 
 def _by_size(points, key, unit="") -> str:
-    """'value on P (N = n), ...' at the largest rank count P of each size n."""
+    """'value on P ranks (N = n), ...' at the largest rank count P of each size n."""
     parts = []
     for n in sorted({r["samples"] for r in points}):
         best = max((r for r in points if r["samples"] == n), key=lambda r: r["ranks"])
-        parts.append(f"{best[key]:.2f}{unit} on {best['ranks']} (N = {_n(n)})")
+        parts.append(f"{best[key]:.2f}{unit} on {best['ranks']} ranks (N = {_n(n)})")
     return ", ".join(parts)
 
 

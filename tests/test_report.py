@@ -214,6 +214,7 @@ class VisibleText(html.parser.HTMLParser):
         return re.sub(r"\s+", " ", " ".join(self.parts))
 
 
+@pytest.fixture(scope="module")
 def chromium():
     """Debian's Chromium, or skip (outside CI) / fail (in CI) with the reason."""
     path = shutil.which("chromium")
@@ -273,8 +274,8 @@ def assert_not_blank(shot):
     assert png.std() > 0.1 and len(colors) > 50  # text, a figure: not one flat color
 
 
-def test_report_renders_in_chromium_with_figures_and_captions(reported, tmp_path):
-    browser = chromium()
+def test_report_renders_in_chromium_with_figures_and_captions(chromium, reported, tmp_path):
+    browser = chromium
     folder, _ = reported
     report = (folder / "results" / "report.html").read_text()
     _, attrs = h5io.read_model(folder / "results" / "model.h5")

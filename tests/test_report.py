@@ -6,18 +6,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import h5py
 import matplotlib.image
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, run
-from sae import SaeError, curve, h5io, labels, sweep
-
-SMALL = {"patches": {"count": 2000}, "train": {"iterations": 30, "ranks": 2}}
+from conftest import REPO, snakemake
+from sae import SaeError, curve, h5io, labels
+from sae.sweep import records, scaling
 
 
 def fake_model(path, iterations=40, resumed_from=0):
@@ -104,70 +101,61 @@ def test_training_and_filters_labels_quote_the_model(tmp_path):
 
 
 def sweep_rows():
-    """runtimes.csv rows of a 1- and 2-rank sweep at two sizes (2 ranks 1.6x and 1.9x faster)."""
+    """runtimes.csv rows of a 1- and 2-rank sweep of 25 hidden units at two sizes (1.6x and 1.9x faster)."""
     rows = []
     for n, t1, t2 in ((1000, 1.0, 0.625), (2000, 1.9, 1.0)):
         for p, t in ((1, t1), (2, t2)):
-            rows.append(
-                {
-                    **dict.fromkeys(sweep.RUN_COLUMNS, 0.0),
-                    "ranks": p,
-                    "samples": n,
-                    "repeat": 1,
-                    "evaluations": 50,
-                    "iterations": 40,
-                    "block_size": 128,
-                    "precision": "float32",
-                    "loop_seconds_max": t,
-                    "compute_seconds_mean": 0.8 * t,
-                    "compute_seconds_max": 0.85 * t,
-                    "optimizer_seconds": 0.1 * t,
-                }
-            )
+            row = {**dict.fromkeys(records.RUN_COLUMNS, 0.0), "precision": "float32"}
+            row.update(ranks=p, hidden=25, samples=n, repeat=1, evaluations=50, iterations=40, block_size=128)
+            row.update(side=8, loop_seconds_max=t, compute_seconds_mean=0.8 * t)
+            row.update(compute_seconds_max=0.85 * t, optimizer_seconds=0.1 * t)
+            rows.append(row)
     return rows
 
 
 def test_sweep_labels_quote_speedup_efficiency_breakdown_and_model(tmp_path):
     rows = sweep_rows()
-    sweep.write_csv(tmp_path / "runtimes.csv", rows, sweep.RUN_COLUMNS)
-    sweep.write_csv(tmp_path / "scaling.csv", sweep.scaling(rows), sweep.SCALING_COLUMNS)
+    records.write_csv(tmp_path / "runtimes.csv", rows, records.RUN_COLUMNS)
+    records.write_csv(tmp_path / "scaling.csv", scaling.scaling(rows), scaling.SCALING_COLUMNS)
     assert labels.speedup(tmp_path / "scaling.csv") == {
         "figure": "speedup",
-        "measured": "1.60× on 2 ranks (N = 1,000), 1.90× on 2 ranks (N = 2,000)",  # noqa: RUF001
+        "measured": "1.60× on 2 ranks (h = 25, N = 1,000), 1.90× on 2 ranks (h = 25, N = 2,000)",  # noqa: RUF001
     }
-    assert (
-        labels.efficiency(tmp_path / "scaling.csv")["measured"]
-        == "0.80 on 2 ranks (N = 1,000), 0.95 on 2 ranks (N = 2,000)"
+    assert labels.efficiency(tmp_path / "scaling.csv")["measured"] == (
+        "0.80 on 2 ranks (h = 25, N = 1,000), 0.95 on 2 ranks (h = 25, N = 2,000)"
     )
     shares = labels.breakdown(tmp_path / "runtimes.csv")["measured"]
     parts = "compute / imbalance / communication / optimizer"
-    assert shares == f"{parts}: 80.0% / 5.0% / 5.0% / 10.0% on 2 ranks, N = 2,000"
-    model = {"compute_per_patch": 3.05e-7, "optimizer": 2.17e-4, "alpha": 1.75e-6, "beta": 1.42e-10}
+    assert shares == f"{parts}: 80.0% / 5.0% / 5.0% / 10.0% on 2 ranks (h = 25, N = 2,000)"
+    fit = {"side": 8, "hidden": [16, 25], "alpha": 1.75e-6, "beta": 1.42e-10}
+    fit.update(compute_per_patch_param=0.0, compute_per_patch=3.05e-7, compute_fixed_param=0.0)
+    fit.update(compute_fixed=0.0, optimizer_per_param=0.0, optimizer_fixed=2.17e-4)
     checks = [{"relative_error": 0.012}, {"relative_error": -0.018}]
-    (tmp_path / "model.json").write_text(json.dumps({"model": model, "validation": checks}))
+    predictions = [
+        {"hidden": h, "ranks": p, "samples": n, "speedup": s, "efficiency": s / p}
+        for h in (16, 25)
+        for p, n, s in ((16, 160000, 14.6 + h), (1024, 10**8, 1012.0))
+    ]
+    (tmp_path / "model.json").write_text(
+        json.dumps({"model": fit, "validation": checks, "predictions": predictions})
+    )
     assert labels.model(tmp_path / "model.json")["measured"] == (
-        "c = 305 ns per patch and evaluation, t_opt = 217 µs, α = 1.75 µs, β = 0.142 ns/byte;"  # noqa: RUF001
-        " measured loops within ±1.8%"
+        "at h = 25: c = 305 ns per patch and evaluation, t_opt = 217 µs; α = 1.75 µs,"  # noqa: RUF001
+        " β = 0.142 ns/byte; measured loops within ±1.8%; predicted speedup 39.6 on 16 ranks"
+        " (h = 25, N = 160,000)"
     )
 
 
 # --- The workflow's default target and its report, in a real browser --------------------------------
 
 
-def snakemake(folder, *args):
-    return run([sys.executable, "-m", "snakemake", "-s", REPO / "Snakefile", *args], cwd=folder)
-
-
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
-    """`snakemake --cores 2` (the default target) on a small config, then `snakemake --report`."""
+    """`snakemake --cores 2` (the default target) with the small test config, then `snakemake --report`."""
     folder = tmp_path_factory.mktemp("report")
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for section, values in SMALL.items():
-        config[section].update(values)
-    (folder / "small.yaml").write_text(yaml.safe_dump(config))
-    snakemake(folder, "--cores", "2", "--configfile", "small.yaml")
-    proc = snakemake(folder, "--configfile", "small.yaml", "--report", "results/report.html")
+    config = ["--configfile", REPO / "tests" / "configs" / "small.yaml"]
+    snakemake(folder, "-s", REPO / "Snakefile", "--cores", "2", *config)
+    proc = snakemake(folder, "-s", REPO / "Snakefile", *config, "--report", "results/report.html")
     return folder, proc
 
 

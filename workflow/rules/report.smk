@@ -60,25 +60,30 @@ def default_outputs(wildcards):
 
 
 def sweep_grid():
-    """The sweep's runs as (ranks, samples, repeat), in the order of config `sweep`."""
+    """The sweep's runs as (ranks, hidden, samples, repeat), in the order of config `sweep`."""
     sweep = config["sweep"]
     return [
-        (p, n, r)
+        (p, h, n, r)
         for p in sweep["ranks"]
+        for h in sweep["hidden"]
         for n in sweep["sizes"]
         for r in range(1, sweep["repeats"] + 1)
     ]
 
 
+def sweep_index(wildcards):
+    """A timing run's index in sweep_grid()."""
+    w = wildcards
+    return sweep_grid().index(
+        (int(w.ranks), int(w.hidden), int(w.samples), int(w.repeat))
+    )
+
+
 def sweep_point(wildcards):
     """A timing run's place in the grid, for its message: "grid point K of M"."""
-    grid = sweep_grid()
-    point = (int(wildcards.ranks), int(wildcards.samples), int(wildcards.repeat))
-    return f"grid point {grid.index(point) + 1} of {len(grid)}"
+    return f"grid point {sweep_index(wildcards) + 1} of {len(sweep_grid())}"
 
 
 def sweep_priority(wildcards):
     """Earlier grid points first, so the runs start in the order their messages count."""
-    grid = sweep_grid()
-    point = (int(wildcards.ranks), int(wildcards.samples), int(wildcards.repeat))
-    return len(grid) - grid.index(point)
+    return len(sweep_grid()) - sweep_index(wildcards)

@@ -258,7 +258,7 @@ def _sums(v: int, h: int) -> Sums:
     return Sums(v, h)
 
 
-def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: float, out=None):
+def finish(totals, theta, n: int, v: int, h: int, rho: float, lambda_: float, beta: float, out=None):
     """Cost and gradient from the global sums over all n patches (see Sums).
 
     ``totals`` is used as scratch (scaled in place); the gradient goes into
@@ -273,10 +273,10 @@ def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: 
     ratio, ratio_off = rho / rho_hat, (1 - rho) / (1 - rho_hat)
     k = beta * (ratio_off - ratio)
     kl = rho * np.log(ratio).sum() + (1 - rho) * np.log(ratio_off).sum()
-    cost = sq.sum() / (2 * n) + lam / 2 * np.dot(weights, weights) + beta * kl
+    cost = sq.sum() / (2 * n) + lambda_ / 2 * np.dot(weights, weights) + beta * kl
 
     grad = np.empty_like(theta) if out is None else out
-    np.multiply(weights, lam, out=grad[: 2 * hv])
+    np.multiply(weights, lambda_, out=grad[: 2 * hv])
     grad_w1, grad_w2, grad_b1, grad_b2 = unpack(grad, v, h)
     # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = G1[:h] / 16 + k G1[h:] / 4
     delta2_x1 = g1[h:]
@@ -295,7 +295,7 @@ def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: 
     return float(cost), grad
 
 
-def evaluate(theta, x, h: int, rho: float, lam: float, beta: float, block_size: int, dtype=np.float64):
+def evaluate(theta, x, h: int, rho: float, lambda_: float, beta: float, block_size: int, dtype=np.float64):
     """Cost and gradient over all patches x (n, v) in one process."""
     n, v = x.shape
     kernel = BlockKernel(v, h, block_size, dtype)
@@ -303,10 +303,10 @@ def evaluate(theta, x, h: int, rho: float, lam: float, beta: float, block_size: 
     units = np.zeros(kernel.sums.size)
     for blocks in to_blocks(x, block_size, dtype):
         kernel.accumulate(blocks, units)
-    return finish(units * step, theta, n, v, h, rho, lam, beta)
+    return finish(units * step, theta, n, v, h, rho, lambda_, beta)
 
 
-def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lam: float, beta: float):
+def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: float, beta: float):
     """Ng's vectorized equations transcribed directly, whole batch, float64.
 
     Patches are columns here, as in the notes. The readable specification:
@@ -319,14 +319,16 @@ def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lam: float, 
     a3 = expit(w2 @ a2 + b2[:, None])
     rho_hat = a2.mean(axis=1)
     kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
-    cost = 0.5 * np.sum((a3 - data) ** 2) / n + lam / 2 * (np.sum(w1**2) + np.sum(w2**2)) + beta * kl.sum()
+    cost = (
+        0.5 * np.sum((a3 - data) ** 2) / n + lambda_ / 2 * (np.sum(w1**2) + np.sum(w2**2)) + beta * kl.sum()
+    )
     delta3 = (a3 - data) * a3 * (1 - a3)
     sparsity = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
     delta2 = (w2.T @ delta3 + sparsity[:, None]) * a2 * (1 - a2)
     grad = np.concatenate(
         [
-            (delta2 @ data.T / n + lam * w1).ravel(),
-            (delta3 @ a2.T / n + lam * w2).ravel(),
+            (delta2 @ data.T / n + lambda_ * w1).ravel(),
+            (delta3 @ a2.T / n + lambda_ * w2).ravel(),
             delta2.sum(axis=1) / n,
             delta3.sum(axis=1) / n,
         ]

@@ -22,7 +22,6 @@ from .parallel import DistributedObjective, agree, gather_seconds, shard
 log = logging.getLogger("sae.train")
 
 HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size", "precision")
-TIMINGS = ("load", "loop", "compute", "comm")
 READ_ROWS = 8192  # rows per hyperslab read when the shard is loaded whole
 OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults); README: training speed
 
@@ -131,7 +130,7 @@ def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
     }
 
 
-def resume_point(job: Job, expected: dict):
+def resume_point(job: Job, run_fingerprint: dict):
     """(optimizer state, history) from a usable checkpoint of this run, or None (reason logged)."""
     if job.checkpoint is None or not Path(job.checkpoint).exists():
         return None
@@ -140,8 +139,10 @@ def resume_point(job: Job, expected: dict):
     except SaeError as err:
         log.warning("checkpoint not used: %s", err)
         return None
-    if saved != expected:
-        diff = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
+    if saved != run_fingerprint:
+        diff = sorted(
+            k for k in run_fingerprint.keys() | saved.keys() if run_fingerprint.get(k) != saved.get(k)
+        )
         log.warning(
             "checkpoint %s is from a different config, data, optimizer or numpy (%s): not used",
             job.checkpoint,
@@ -207,7 +208,7 @@ def run(comm, hp: dict, job: Job) -> None:
     if interrupted is not None:
         interrupted.collective = True  # the other ranks have left every collective
         raise interrupted
-    timings["wall_seconds"] = time.perf_counter() - wall_start
+    timings[h5io.WALL_SECONDS] = time.perf_counter() - wall_start
     shard_bytes = max_shard_bytes(n_total, job.side**2, hp["block_size"], comm.size, hp["precision"])
     timings["shard_mb_max"] = shard_bytes / 2**20
     write(training, hp, job, n_total, comm.size, isinstance(blocks, StreamedShard), timings)
@@ -239,14 +240,14 @@ def set_up_objective(comm, blocks, n_total: int, hp: dict, job: Job) -> Distribu
 
 def start_or_resume(hp: dict, job: Job, n_total: int) -> Training:
     """Rank 0: the optimizer from this run's checkpoint if there is a usable one, else from scratch."""
-    expected = fingerprint(hp, job, n_total) if job.checkpoint else {}
-    resumed = resume_point(job, expected)
+    run_fingerprint = fingerprint(hp, job, n_total) if job.checkpoint else {}
+    resumed = resume_point(job, run_fingerprint)
     if resumed is None:
         theta0 = initial_theta(job.side**2, hp["hidden"], np.random.default_rng(hp["seed"]))
-        return Training(lbfgs.LBFGS(theta0, **OPTIMIZER_SETTINGS), [], 0, expected)
+        return Training(lbfgs.LBFGS(theta0, **OPTIMIZER_SETTINGS), [], 0, run_fingerprint)
     state, history = resumed
     optimizer = lbfgs.LBFGS.from_state(state, **OPTIMIZER_SETTINGS)
-    training = Training(optimizer, [tuple(r) for r in history], len(history), expected)
+    training = Training(optimizer, [tuple(r) for r in history], len(history), run_fingerprint)
     log.info(
         "resumed from iteration %d, evaluation %d (checkpoint %s)",
         len(history),
@@ -332,13 +333,12 @@ def gather_timings(comm, objective, load_seconds: float, loop_seconds: float) ->
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     seconds = gather_seconds(
         comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
-    )  # columns: TIMINGS, then peak RSS
+    )  # columns: h5io.RANK_TIMINGS, then peak RSS
     if comm.rank != 0:
         return None
     return {
-        **{f"{name}_seconds_max": seconds[:, i].max() for i, name in enumerate(TIMINGS)},
-        **{f"{name}_seconds_mean": seconds[:, i].mean() for i, name in enumerate(TIMINGS)},
-        "optimizer_seconds": loop_seconds - seconds[0, 2] - seconds[0, 3],
+        **h5io.rank_timing_attrs(seconds[:, :4]),
+        h5io.OPTIMIZER_SECONDS: loop_seconds - seconds[0, 2] - seconds[0, 3],
         "peak_rss_mb_max": seconds[:, 4].max(),
         "train_seconds": loop_seconds,  # rank 0's
     }

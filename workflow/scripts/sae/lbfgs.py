@@ -89,18 +89,18 @@ class LBFGS:
         self.g = self._yg[1]  # the gradient at x
         self.d = np.zeros(n)  # the search direction
         self.xt = x0.copy()  # the trial point: x + t d, or x0 before the first evaluation
-        # Pair i lives in rows 2i (s) and 2i+1 (y); memory + 1 slots, so a new pair has room
-        # before it is accepted. order: slots of the kept pairs, oldest first.
-        self.pairs = np.zeros((2 * (m + 1), n))
-        self.sy = np.zeros((m + 1, m + 1))  # s_i . y_j for i older than (or equal to) j, else 0
-        self.yy = np.zeros((m + 1, m + 1))  # y_i . y_j
+        # Pair i lives in rows 2i (s) and 2i+1 (y) of ``memory`` slots; a new pair takes the
+        # oldest one's slot when all are in use. order: slots of the kept pairs, oldest first.
+        self.pairs = np.zeros((2 * m, n))
+        self.sy = np.zeros((m, m))  # s_i . y_j for i older than (or equal to) j, else 0
+        self.yy = np.zeros((m, m))  # y_i . y_j
         self.order: list[int] = []
         self.phase, self.iterations, self.evaluations, self.stop = START, 0, 0, 0
         self.f = self.grad_norm = self.dg0 = self.t = math.nan
         self.t_lo = self.f_lo = self.dg_lo = self.t_hi = self.f_hi = self.dg_hi = math.nan
         self.line_evals = 0
         self._hg = np.empty(n)  # scratch: the pairs' part of H g
-        self._coef = np.empty((m + 1, 2))  # scratch: its coefficients, per slot (s, y)
+        self._coef = np.empty((m, 2))  # scratch: its coefficients, per slot (s, y)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -229,7 +229,10 @@ class LBFGS:
     def _accept(self, f: float, g: np.ndarray) -> bool:
         """x + t d becomes the iterate: store the pair, test for convergence, next direction."""
         m = self.settings["memory"]
-        slot = min(set(range(m + 1)) - set(self.order))
+        if len(self.order) == m:  # the oldest pair makes room (and is gone, should the new one fail)
+            slot, self.order = self.order[0], self.order[1:]
+        else:
+            slot = min(set(range(m)) - set(self.order))
         yg = self._yg  # [y; g]: the new y and g side by side, for one product with all pairs
         np.subtract(g, self.g, out=yg[0])
         self.g[:] = g  # self.g is yg[1]
@@ -238,14 +241,14 @@ class LBFGS:
         self.x, self.xt = self.xt, self.x
         f_old, self.f = self.f, f
         self.iterations += 1
-        products = self.pairs @ yg.T  # (2 (m + 1), 2)
+        products = self.pairs @ yg.T  # (2 m, 2)
         self.grad_norm = math.sqrt(np.dot(self.g, self.g))
         sy, yy = products[2 * slot, 0], products[2 * slot + 1, 0]
         if sy > EPS * yy:
             self.sy[slot, :] = 0.0  # the new s against older y: not part of R
             self.sy[:, slot] = products[0::2, 0]
             self.yy[:, slot] = self.yy[slot, :] = products[1::2, 0]
-            self.order = [*self.order, slot][-m:]
+            self.order = [*self.order, slot]
         if self.grad_norm <= self.settings["gtol"]:
             self.phase, self.stop = STOPPED, 1
         elif f_old - f <= self.settings["ftol"] * max(abs(f_old), abs(f), 1.0):

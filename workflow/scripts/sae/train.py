@@ -1,4 +1,11 @@
-"""Training: read this rank's shard, run L-BFGS (sae.lbfgs) on rank 0, write the model."""
+"""Training, as ``run`` performs it: load each rank's shard, set up the distributed
+objective, start or resume rank 0's optimizer (sae.lbfgs) from a checkpoint, optimize
+with checkpoints, gather the timings, write the model.
+
+A checkpoint holds the optimizer's whole state, so a resumed run ends bit for bit
+where the uninterrupted one does; its fingerprint (config, data, optimizer, numpy)
+must match this run's for it to be used.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults);
 
 
 class Interrupted(SaeError):
-    """SIGTERM arrived; a checkpoint was written at the end of the iteration."""
+    """SIGTERM arrived; a checkpoint was written at the end of the evaluation under way."""
 
 
 @dataclass

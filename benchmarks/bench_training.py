@@ -218,8 +218,7 @@ def serial_step(x, hidden, evaluations, optimizer, skip=15):
         for b in blocks:
             kernel.accumulate(b, units)
         computed = time.perf_counter()
-        units[:] *= step
-        cost, g = objective.finish(units, theta, n, V, hidden, *HYPER, out=grad)
+        cost, g = objective.finish(units, step, theta, n, V, hidden, *HYPER, out=grad)
         if optimizer == "scipy":
             g = g.copy()  # scipy keeps it; training before sae.lbfgs made a new one per evaluation
         marks.append((start, computed, time.perf_counter()))

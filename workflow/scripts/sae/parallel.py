@@ -81,9 +81,8 @@ class DistributedObjective:
         self._collective(self.comm.Bcast, self.message, root=0)
         step = self._local_sums()
         self._collective(self.comm.Reduce, self.units, self.totals, op=MPI.SUM, root=0)
-        self.totals *= step  # grid steps to values
         theta = self.message[:-1]
-        return finish(self.totals, theta, self.n_total, self.v, self.h, *self.hyper, out=self.grad)
+        return finish(self.totals, step, theta, self.n_total, self.v, self.h, *self.hyper, out=self.grad)
 
     def serve(self) -> None:
         """Ranks other than 0: evaluate whenever rank 0 asks, until it says stop."""

@@ -234,3 +234,11 @@ def read_model(path):
         if missing:
             raise SaeError(f"{path}: missing datasets {', '.join(missing)}")
         return {k: f[k][()] for k in ("W1", "W2", "b1", "b2")}, dict(f.attrs)
+
+
+def read_history(path):
+    """(history (iterations, 3): cost, grad_norm, seconds; attributes dict) from a model file."""
+    with open_input(path, "model") as f:
+        if "history" not in f:
+            raise SaeError(f"{path}: missing dataset history")
+        return f["history"][()].reshape(-1, 3), dict(f.attrs)

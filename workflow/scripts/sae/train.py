@@ -17,7 +17,7 @@ from scipy.optimize import minimize
 
 from . import SaeError, h5io
 from .objective import initial_theta, to_blocks, unpack
-from .parallel import DistributedObjective, agree, gather_seconds, shard
+from .parallel import DistributedObjective, agree, describe_hosts, gather_hosts, gather_seconds, shard
 
 log = logging.getLogger("sae.train")
 
@@ -212,6 +212,7 @@ def run(comm, hp: dict, job: Job) -> None:
     dtype = np.dtype(hp["precision"])
     blocks, n_total = agree(comm, load_shard, comm, job, block, dtype)
     load_seconds = time.perf_counter() - wall_start
+    hosts = gather_hosts(comm)
     if comm.rank == 0:
         note = ""
         if job.cores_granted is not None and job.cores_granted > comm.size:
@@ -219,6 +220,7 @@ def run(comm, hp: dict, job: Job) -> None:
         log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
         if "SLURM_JOB_ID" in os.environ:
             log.info("running in Slurm job %s", os.environ["SLURM_JOB_ID"])
+        log.info("hosts: %s", describe_hosts(hosts))
         if isinstance(blocks, StreamedShard):
             log.info("shards exceed train.memory_mb = %g: streaming them from HDF5", job.memory_mb)
 

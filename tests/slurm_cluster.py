@@ -251,6 +251,11 @@ def _memory_mb() -> int:
     raise ClusterError("cannot read MemTotal from /proc/meminfo")
 
 
+def first_job_id() -> int:
+    """A job id no earlier test cluster used: 100 ids per second of the clock (Slurm's max is 67,108,863)."""
+    return 1 + time.time_ns() // 10**7 % 60_000_000
+
+
 def _write_conf(host: str, nodes: int) -> None:
     """Write slurm.conf and give slurmctld and the slurmds fresh, empty state dirs."""
     shutil.rmtree(BASE / "ctld", ignore_errors=True)
@@ -292,6 +297,9 @@ SlurmdTimeout={SLURMD_TIMEOUT}
 EnforcePartLimits=ALL
 # Finished jobs stay visible to squeue (no accounting daemon here) for 5 min.
 MinJobAge=300
+# Job ids differ from those of earlier test clusters (the state is wiped at every start):
+# MPICH names a step's shared-memory files after it, and a killed job leaves them behind.
+FirstJobId={first_job_id()}
 StateSaveLocation={BASE}/ctld
 SlurmdSpoolDir={BASE}/d-%n
 SlurmctldPidFile={PID_FILES["slurmctld"]}

@@ -1,0 +1,163 @@
+"""Across two nodes: the collectives' alpha and beta on a network, and the performance model's error.
+
+    flock /tmp/slurm.lock flock /tmp/bench.lock python benchmarks/bench_multinode.py
+    ... --quick    # fewer repeats and sizes, for a smoke test
+
+Needs root, Debian's Slurm and iproute2. Starts the two-node test cluster of
+tests/slurm_cluster.py (each node a network namespace on this machine, joined by a
+bridge; stopped again at the end unless it was already up), then for each network
+  - bridge: the veth pairs and the bridge as they are,
+  - netem:  each node's link delayed 50 us and limited to 10 Gbit/s, each way
+            (tc qdisc replace dev eth0 root netem delay 50us rate 10gbit, in every node),
+1. runs the sweep's collectives microbenchmark (workflow/scripts/sweep_collectives.py:
+   one evaluation's Bcast + Reduce at 7 buffer scales) on 2 and 4 ranks spread over both
+   nodes, and fits alpha and beta as the sweep does (sae.sweep.fit_collectives);
+2. times the training (train_model.py under srun) on 1 rank, and on 2 ranks (1 per node)
+   and 4 ranks (2 per node) across the nodes, median of the repeats;
+3. predicts the 2- and 4-rank loop times with the sweep's performance model: compute and
+   optimizer terms fitted to the 1-rank runs on the busiest rank's rows (N, N/2, N/4),
+   alpha and beta from step 1 on the same network; prints predicted against measured.
+Every number comes from this one run on this machine.
+"""
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(REPO / "tests"))
+
+import sae.one_blas_thread  # noqa: E402, F401  (before numpy: one BLAS thread)
+
+# isort: split
+import argparse  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+import slurm_cluster  # noqa: E402
+
+from sae import h5io, images, patches, sweep  # noqa: E402
+
+SCRIPTS = REPO / "workflow" / "scripts"
+NETWORKS = {"bridge": None, "netem": "delay 50us rate 10gbit"}
+SCALES = ["0.0625", "0.125", "0.25", "0.5", "1", "2", "4"]  # as rule sweep_collectives
+TRAIN = ["--side", "8", "--hidden", "25", "--rho", "0.01", "--lambda", "1e-4", "--beta", "3",
+         "--seed", "0", "--block-size", "128", "--precision", "float32"]  # fmt: skip
+
+
+def srun(nodes: int, ranks: int, *argv) -> subprocess.CompletedProcess:
+    cmd = ["srun", f"--nodes={nodes}", f"--ntasks={ranks}", "--exclusive", "--kill-on-bad-exit=1"]
+    if ranks > 1:
+        cmd.append("--mpi=pmi2")
+    proc = subprocess.run([*cmd, sys.executable, *map(str, argv)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} ... failed:\n{proc.stderr}")
+    return proc
+
+
+def set_network(spec: str | None) -> None:
+    """Apply (or with None remove) a netem qdisc on every node's link."""
+    for i in (1, 2):
+        enter = ["nsenter", f"--net=/run/netns/{slurm_cluster.netns(i)}", "tc", "qdisc"]
+        subprocess.run([*enter, "del", "dev", "eth0", "root"], capture_output=True)
+        if spec:
+            subprocess.run([*enter, "replace", "dev", "eth0", "root", "netem", *spec.split()], check=True)
+
+
+def make_patches(path: Path, count: int) -> None:
+    imgs, _, _ = images.load("sample", whitened=True)
+    data = patches.sample(imgs, count, 8, seed=0)
+    sigma = patches.normalize(data)
+    h5io.write_patches(path, data, {"seed": 0, "side": 8, "count": count, "sigma": sigma})
+
+
+def collectives(folder: Path, data: Path, ranks: int, repeats: int) -> list[dict]:
+    out = folder / f"collectives_p{ranks}.csv"
+    srun(2, ranks, SCRIPTS / "sweep_collectives.py", "--side", 8, "--hidden", 25, "--scales", *SCALES,
+         "--repeats", repeats, "--", data, out)  # fmt: skip
+    return sweep.read_csv(out, sweep.COLLECTIVE_COLUMNS)
+
+
+def training(folder: Path, data: Path, nodes: int, ranks: int, n: int, repeat: int, iterations: int) -> dict:
+    out = folder / sweep.RUN_NAME.format(ranks=ranks, samples=n, repeat=repeat)
+    argv = [SCRIPTS / "train_model.py", *TRAIN, "--iterations", iterations, "--samples", n, data, out]
+    proc = srun(nodes, ranks, *argv)
+    hosts = next(line.split("hosts: ", 1)[1] for line in proc.stderr.splitlines() if "hosts: " in line)
+    return {**sweep.read_run(out), "hosts": hosts}
+
+
+def main():
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and one size, for a smoke test")
+    args = parser.parse_args()
+    sizes = [10000] if args.quick else [10000, 40000]
+    repeats, iterations, bench_repeats = (1, 30, 100) if args.quick else (3, 100, 300)
+    started = slurm_cluster.start(nodes=2)
+    try:
+        with tempfile.TemporaryDirectory(dir=REPO) as tmp:  # on the shared file system
+            folder = Path(tmp)
+            data = folder / "patches.h5"
+            make_patches(data, max(sizes))
+            for name, spec in NETWORKS.items():
+                set_network(spec)
+                try:
+                    report(name, spec, folder, data, sizes, repeats, iterations, bench_repeats)
+                finally:
+                    set_network(None)
+    finally:
+        if started:
+            slurm_cluster.stop()
+
+
+def report(name, spec, folder, data, sizes, repeats, iterations, bench_repeats):
+    print(f"\n## Network: {name}" + (f" (netem {spec} on each node's link)" if spec else ""))
+    bench = [row for p in (2, 4) for row in collectives(folder, data, p, bench_repeats)]
+    alpha, beta = sweep.fit_collectives(bench)
+    print(f"\nCollectives across the nodes (median of {bench_repeats} Bcast + Reduce pairs, microseconds):\n")
+    print("| bytes (Bcast + Reduce) | 2 ranks | 4 ranks | fit 2 ranks | fit 4 ranks |")
+    print("|---:|---:|---:|---:|---:|")
+    for scale in sorted({r["scale"] for r in bench}):
+        row = {r["ranks"]: r for r in bench if r["scale"] == scale}
+        fit = {p: sweep.tree_steps(p) * (2 * alpha + beta * row[p]["bytes"]) for p in (2, 4)}
+        print(f"| {row[2]['bytes']:,} | {row[2]['seconds'] * 1e6:.1f} | {row[4]['seconds'] * 1e6:.1f} |"
+              f" {fit[2] * 1e6:.1f} | {fit[4] * 1e6:.1f} |")  # fmt: skip
+    print(f"\nalpha = {alpha * 1e6:.2f} us, beta = {beta * 1e9:.3f} ns/byte ({1 / beta / 1e9:.2f} GB/s)")
+
+    runs = []
+    for n in sizes:
+        for r in range(1, repeats + 1):
+            for p in (1, 2, 4):  # interleaved, so that drifts hit all alike
+                runs.append(training(folder, data, 1 if p == 1 else 2, p, n, r, iterations))
+            for p in (2, 4):  # one rank on the busiest rank's rows: compute per patch and fixed
+                rows = int(sweep.busiest_rows(n, p, 128))
+                if not any(x["ranks"] == 1 and x["samples"] == rows and x["repeat"] == r for x in runs):
+                    runs.append(training(folder, data, 1, 1, rows, r, iterations))
+    single = [r for r in runs if r["ranks"] == 1]
+    model = sweep.fit_model(single, bench)
+    print(
+        f"\nModel from the 1-rank runs: compute {model['compute_per_patch'] * 1e9:.0f} ns per patch"
+        f" + {model['compute_fixed'] * 1e6:.0f} us, optimizer {model['optimizer'] * 1e6:.0f} us"
+        f" per evaluation; {model['buffer_bytes']:,.0f} bytes per evaluation\n"
+    )
+    print("| N | ranks | hosts | evaluations | loop s measured | loop s predicted | error |"
+          " communication s predicted |")  # fmt: skip
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        for p in (1, 2, 4):
+            mine = [r for r in runs if r["ranks"] == p and r["samples"] == n]
+            loop = statistics.median(r["loop_seconds_max"] for r in mine)
+            e = mine[0]["evaluations"]
+            parts = {k: float(v) for k, v in sweep.predict(model, p, n, e).items()}
+            print(f"| {n:,} | {p} | {mine[0]['hosts']} | {e} | {loop:.3f} | {parts['loop']:.3f} |"
+                  f" {100 * (parts['loop'] / loop - 1):+.1f}% | {parts['communication']:.3f} |")  # fmt: skip
+    print(f"\n(this machine: {os.cpu_count()} cores; 4 ranks on 2 nodes share them)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except slurm_cluster.ClusterError as err:
+        sys.exit(f"error: {err}")

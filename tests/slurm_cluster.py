@@ -52,6 +52,13 @@ BRIDGE, SUBNET = "saebr0", "10.250.0"
 CONTROLLER_ADDR = f"{SUBNET}.1"
 CPUS_PER_NODE = 4  # claimed (config_overrides), even on 2 cores: a lone node takes a 4-rank job
 SLURMD_TIMEOUT = 10  # seconds until slurmctld sets a silent node DOWN (test cluster only)
+# Several nodes: what every task's environment gets (slurmstepd runs TASK_PROLOG, whose
+# "export" lines it applies). The nodes share one kernel, so UCX (the mpich wheel's netmod
+# between nodes) would see shared memory reachable and bypass the network; these make it
+# use TCP on the node's link, as between machines. (MPICH's own shared memory still joins
+# ranks on one node.)
+TASK_PROLOG = BASE / "task_prolog.sh"
+NETWORK_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0"}
 
 
 def node_name(i: int) -> str:
@@ -277,6 +284,12 @@ def _write_conf(host: str, nodes: int) -> None:
         )
     for name in names:
         (BASE / f"d-{name}").mkdir()
+    prolog = ""
+    if nodes > 1:
+        lines = "".join(f"echo export {k}={v}\n" for k, v in NETWORK_ENV.items())
+        TASK_PROLOG.write_text(f"#!/bin/sh\n# Written by tests/slurm_cluster.py\n{lines}")
+        TASK_PROLOG.chmod(0o755)
+        prolog = f"# Every task: TCP between the nodes (see NETWORK_ENV)\nTaskProlog={TASK_PROLOG}\n"
     CONF.parent.mkdir(parents=True, exist_ok=True)
     CONF.write_text(
         f"""\
@@ -306,7 +319,7 @@ SlurmctldPidFile={PID_FILES["slurmctld"]}
 SlurmdPidFile={SLURMD_PID_FILE}
 SlurmctldLogFile={BASE}/slurmctld.log
 SlurmdLogFile={BASE}/slurmd-%n.log
-# Each node claims {CPUS_PER_NODE} CPUs (the slurm profile's training uses 4 tasks) even on
+{prolog}# Each node claims {CPUS_PER_NODE} CPUs (the slurm profile's training uses 4 tasks) even on
 # a 2-core machine: config_overrides makes slurmd trust this file over the hardware.
 SlurmdParameters=config_overrides
 {node_lines}

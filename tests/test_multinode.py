@@ -192,7 +192,7 @@ def test_a_lost_node_ends_the_job_and_the_retry_resumes_on_the_other(cluster, tm
 
     Runs last: node2 stays lost (the module's cluster is stopped afterwards).
     """
-    config = {"patches": {"count": 2000}, "train": {"iterations": 3000, "checkpoint_every": 5}}
+    config = {"patches": {"count": 2000}, "train": {"iterations": 300, "checkpoint_every": 5}}
     folder = workflow_folder(tmp_path_factory, "lostnode", config, "results/patches.h5")
     # --spread-job: the 4 ranks span both nodes while both are up, and fit on one after
     profiles = spread_profile(folder, {"train": {"slurm_extra": "'--spread-job'"}})

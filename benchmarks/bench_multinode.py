@@ -12,7 +12,7 @@ bridge; stopped again at the end unless it was already up), then for each networ
             where the kernel lacks netem, a token bucket filter at 10 Gbit/s instead),
 1. runs the sweep's collectives microbenchmark (workflow/scripts/sweep_collectives.py:
    one evaluation's Bcast + Reduce at 7 buffer scales) on 2 and 4 ranks spread over both
-   nodes, and fits alpha and beta as the sweep does (sae.sweep.fit_collectives);
+   nodes, and fits alpha and beta as the sweep does (sae.sweep.model.fit_collectives);
 2. times the training (train_model.py under srun) on 1 rank, and on 2 ranks (1 per node)
    and 4 ranks (2 per node) across the nodes, median of the repeats;
 3. predicts the 2- and 4-rank loop times with the sweep's performance model: compute and
@@ -39,7 +39,9 @@ import tempfile  # noqa: E402
 
 import slurm_cluster  # noqa: E402
 
-from sae import h5io, images, patches, sweep  # noqa: E402
+from sae import h5io, images, patches  # noqa: E402
+from sae.sweep import model as perf  # noqa: E402
+from sae.sweep import records  # noqa: E402
 
 SCRIPTS = REPO / "workflow" / "scripts"
 # Limits on each node's link: netem where the kernel has it, else a token bucket at the same
@@ -47,7 +49,8 @@ SCRIPTS = REPO / "workflow" / "scripts"
 NETEM = "netem delay 50us rate 10gbit"
 TBF = "tbf rate 10gbit burst 256kb latency 1ms"
 SCALES = ["0.0625", "0.125", "0.25", "0.5", "1", "2", "4"]  # as rule sweep_collectives
-TRAIN = ["--side", "8", "--hidden", "25", "--rho", "0.01", "--lambda", "1e-4", "--beta", "3",
+HIDDEN = 25
+TRAIN = ["--side", "8", "--hidden", str(HIDDEN), "--rho", "0.01", "--lambda", "1e-4", "--beta", "3",
          "--seed", "0", "--block-size", "128", "--precision", "float32"]  # fmt: skip
 
 
@@ -80,17 +83,17 @@ def make_patches(path: Path, count: int) -> None:
 
 def collectives(folder: Path, data: Path, ranks: int, repeats: int) -> list[dict]:
     out = folder / f"collectives_p{ranks}.csv"
-    srun(2, ranks, SCRIPTS / "sweep_collectives.py", "--side", 8, "--hidden", 25, "--scales", *SCALES,
+    srun(2, ranks, SCRIPTS / "sweep_collectives.py", "--side", 8, "--hidden", HIDDEN, "--scales", *SCALES,
          "--repeats", repeats, "--", data, out)  # fmt: skip
-    return sweep.read_csv(out, sweep.COLLECTIVE_COLUMNS)
+    return records.read_csv(out, records.COLLECTIVE_COLUMNS)
 
 
 def training(folder: Path, data: Path, nodes: int, ranks: int, n: int, repeat: int, iterations: int) -> dict:
-    out = folder / sweep.RUN_NAME.format(ranks=ranks, samples=n, repeat=repeat)
+    out = folder / records.RUN_NAME.format(ranks=ranks, hidden=HIDDEN, samples=n, repeat=repeat)
     argv = [SCRIPTS / "train_model.py", *TRAIN, "--iterations", iterations, "--samples", n, data, out]
     proc = srun(nodes, ranks, *argv)
     hosts = next(line.split("hosts: ", 1)[1] for line in proc.stderr.splitlines() if "hosts: " in line)
-    return {**sweep.read_run(out), "hosts": hosts}
+    return {**records.read_run(out), "hosts": hosts}
 
 
 def main():
@@ -123,13 +126,13 @@ def main():
 def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
     print(f"\n## Network: {f'{qdisc} on each node link' if qdisc else 'the bridge, no limits'}")
     bench = [row for p in (2, 4) for row in collectives(folder, data, p, bench_repeats)]
-    alpha, beta = sweep.fit_collectives(bench)
+    alpha, beta = perf.fit_collectives(bench)
     print(f"\nCollectives across the nodes (median of {bench_repeats} Bcast + Reduce pairs, microseconds):\n")
     print("| bytes (Bcast + Reduce) | 2 ranks | 4 ranks | fit 2 ranks | fit 4 ranks |")
     print("|---:|---:|---:|---:|---:|")
     for scale in sorted({r["scale"] for r in bench}):
         row = {r["ranks"]: r for r in bench if r["scale"] == scale}
-        fit = {p: sweep.tree_steps(p) * (2 * alpha + beta * row[p]["bytes"]) for p in (2, 4)}
+        fit = {p: perf.tree_steps(p) * (2 * alpha + beta * row[p]["bytes"]) for p in (2, 4)}
         print(f"| {row[2]['bytes']:,} | {row[2]['seconds'] * 1e6:.1f} | {row[4]['seconds'] * 1e6:.1f} |"
               f" {fit[2] * 1e6:.1f} | {fit[4] * 1e6:.1f} |")  # fmt: skip
     print(f"\nalpha = {alpha * 1e6:.2f} us, beta = {beta * 1e9:.3f} ns/byte ({1 / beta / 1e9:.2f} GB/s)")
@@ -140,15 +143,16 @@ def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
             for p in (1, 2, 4):  # interleaved, so that drifts hit all alike
                 runs.append(training(folder, data, 1 if p == 1 else 2, p, n, r, iterations))
             for p in (2, 4):  # one rank on the busiest rank's rows: compute per patch and fixed
-                rows = int(sweep.busiest_rows(n, p, 128))
+                rows = int(perf.busiest_rows(n, p, 128))
                 if not any(x["ranks"] == 1 and x["samples"] == rows and x["repeat"] == r for x in runs):
                     runs.append(training(folder, data, 1, 1, rows, r, iterations))
     single = [r for r in runs if r["ranks"] == 1]
-    model = sweep.fit_model(single, bench)
+    model = perf.fit_model(single, bench)
+    terms = {k: float(v) for k, v in perf.per_evaluation(model, HIDDEN).items()}
     print(
-        f"\nModel from the 1-rank runs: compute {model['compute_per_patch'] * 1e9:.0f} ns per patch"
-        f" + {model['compute_fixed'] * 1e6:.0f} us, optimizer {model['optimizer'] * 1e6:.0f} us"
-        f" per evaluation; {model['buffer_bytes']:,.0f} bytes per evaluation\n"
+        f"\nModel from the 1-rank runs: compute {terms['compute_per_patch'] * 1e9:.0f} ns per patch"
+        f" + {terms['compute_fixed'] * 1e6:.0f} us, optimizer {terms['optimizer'] * 1e6:.0f} us"
+        f" per evaluation; {terms['buffer_bytes']:,.0f} bytes per evaluation\n"
     )
     cores = os.cpu_count() or 1
     print("| N | ranks | hosts | evaluations | loop s measured | loop s predicted | error | communication s"
@@ -157,9 +161,9 @@ def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
     for n in sizes:
         for p in (1, 2, 4):
             mine = [r for r in runs if r["ranks"] == p and r["samples"] == n]
-            loop = statistics.median(r["loop_seconds_max"] for r in mine)
+            loop = statistics.median(r[h5io.timing_attr("loop", "max")] for r in mine)
             e = mine[0]["evaluations"]
-            parts = {k: float(v) for k, v in sweep.predict(model, p, n, e).items()}
+            parts = {k: float(v) for k, v in perf.predict(model, p, n, HIDDEN, e).items()}
             # more ranks than cores: each rank's compute and rank 0's step get cores/p of a core
             shared = parts["loop"] + (max(1, p / cores) - 1) * (parts["compute"] + parts["optimizer"])
             print(f"| {n:,} | {p} | {mine[0]['hosts']} | {e} | {loop:.3f} | {parts['loop']:.3f} |"

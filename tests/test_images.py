@@ -23,7 +23,7 @@ def test_whitening_flattens_the_spectrum_and_fixes_the_variance():
     f = np.hypot(np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :])
     f[0, 0] = 1
     img = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(256, 256))) / f))
-    out = images.whiten(img)
+    out = images.whiten_image(img)
     assert out.var() == pytest.approx(images.VARIANCE)
     assert abs(out.mean()) < 1e-12
 
@@ -84,7 +84,7 @@ def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
     path = tmp_path / "bad.png"
     make(path)
     with pytest.raises(SaeError, match=message) as err:
-        images.load([path], whitened=True)
+        images.load([path], whiten=True)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
@@ -99,4 +99,4 @@ def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
 def test_bad_pixels_are_refused(tmp_path, pixels, message):
     np.save(tmp_path / "x.npy", pixels)
     with pytest.raises(SaeError, match=message):
-        images.load([tmp_path / "x.npy"], whitened=False)
+        images.load([tmp_path / "x.npy"], whiten=False)

@@ -23,13 +23,13 @@ import pytest
 import slurm_cluster
 import yaml
 
-from conftest import REPO, env, make_patches_file, rank_pids, run, train_args
+from conftest import REPO, copy_workflow, env, make_patches_file, rank_pids, run, snakemake, train_args
 
 NODES = ("node1", "node2")
 TINY = {
     "patches": {"count": 2000},
     "train": {"iterations": 20},
-    "sweep": {"ranks": [1, 2, 4], "sizes": [1000], "repeats": 1, "iterations": 10},
+    "sweep": {"ranks": [1, 2, 4], "hidden": [25], "sizes": [1000], "repeats": 1, "iterations": 10},
 }
 HOSTS = re.compile(r"hosts: (.*)")
 
@@ -55,11 +55,9 @@ def workflow_folder(tmp_path_factory, name, config, *local):
     (The one-node Slurm test runs every stage on Slurm; here only the MPI jobs matter.)
     """
     folder = tmp_path_factory.mktemp(name)
-    for item in ("Snakefile", "workflow", "config", "profiles"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / item)
+    copy_workflow(folder)
     (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
-    run([sys.executable, "-m", "snakemake", "--cores", 2, *local, "--configfile", "tiny.yaml"], cwd=folder)
+    snakemake(folder, "--cores", 2, *local, "--configfile", "tiny.yaml")
     return folder
 
 
@@ -148,9 +146,9 @@ def workflow_run(cluster, tmp_path_factory):
             "sweep_train": {"nodes": 2},  # 2 ranks: 1 per node; 4: 2 per node (--exclusive)
         },
     )
-    sweep = [f"results/sweep/runs/p{ranks}_n1000_r1.h5" for ranks in (2, 4)]
+    sweep = [f"results/sweep/runs/p{ranks}_h25_n1000_r1.h5" for ranks in (2, 4)]
     targets = ["results/filters.png", *sweep, "--configfile", "tiny.yaml"]
-    run([sys.executable, "-m", "snakemake", *profiles, *targets], cwd=folder, timeout=900)
+    snakemake(folder, *profiles, *targets, timeout=900)
     return folder
 
 
@@ -158,9 +156,10 @@ def test_workflow_on_two_nodes_places_ranks_on_both(workflow_run):
     logs = workflow_run / "results" / "logs"
     assert hosts_line((logs / "train.log").read_text()) == {"node1": "(ranks 0-1)", "node2": "(ranks 2-3)"}
     for ranks in (2, 4):
-        assert set(hosts_line((logs / "sweep" / f"train_p{ranks}_n1000_r1.log").read_text())) == set(NODES)
+        log = logs / "sweep" / f"train_p{ranks}_h25_n1000_r1.log"
+        assert set(hosts_line(log.read_text())) == set(NODES)
     runs = workflow_run / "results/sweep/runs"
-    assert same_model(runs / "p2_n1000_r1.h5", runs / "p4_n1000_r1.h5")
+    assert same_model(runs / "p2_h25_n1000_r1.h5", runs / "p4_h25_n1000_r1.h5")
     assert (workflow_run / "results" / "filters.png").stat().st_size > 0
 
 

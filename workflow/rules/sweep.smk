@@ -1,5 +1,5 @@
 # Scaling sweep: `snakemake --cores 2 sweep` times the MPI training over config
-# `sweep` (ranks x sizes x repeats) and writes results/sweep/: runtimes.csv,
+# `sweep` (ranks x hidden units x sizes x repeats) and writes results/sweep/: runtimes.csv,
 # runtimes.md, scaling.csv, speedup.png, efficiency.png, breakdown.png, model.png
 # and model.json. Timing runs train as rule `train` does, without checkpoints.
 #
@@ -10,8 +10,9 @@
 
 SWEEP = config["sweep"]
 SWEEP_RUNS = expand(
-    "results/sweep/runs/p{ranks}_n{samples}_r{repeat}.h5",
+    "results/sweep/runs/p{ranks}_h{hidden}_n{samples}_r{repeat}.h5",
     ranks=SWEEP["ranks"],
+    hidden=SWEEP["hidden"],
     samples=SWEEP["sizes"],
     repeat=range(1, SWEEP["repeats"] + 1),
 )
@@ -30,13 +31,15 @@ rule sweep_train:
     input:
         "results/sweep/patches.h5",
     output:
-        "results/sweep/runs/p{ranks}_n{samples}_r{repeat}.h5",
+        "results/sweep/runs/p{ranks}_h{hidden}_n{samples}_r{repeat}.h5",
     log:
-        "results/logs/sweep/train_p{ranks}_n{samples}_r{repeat}.log",
+        "results/logs/sweep/train_p{ranks}_h{hidden}_n{samples}_r{repeat}.log",
     wildcard_constraints:
         ranks=r"[2-9]|[1-9]\d+",
+        hidden=r"[1-9]\d*",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
+    priority: sweep_priority
     conda:
         "../envs/sae.yaml"
     threads: lambda wildcards: int(wildcards.ranks)
@@ -45,9 +48,17 @@ rule sweep_train:
         mpi="mpiexec",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
+        sweep_point=sweep_point,
     params:
-        **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
+        **train_params(
+            max(SWEEP["sizes"]),
+            SWEEP["iterations"],
+            lambda wildcards: wildcards.hidden,
+        ),
         launch=mpi_launch,
+    message:
+        "{rule}: {resources.sweep_point}, {wildcards.ranks} ranks x {wildcards.hidden} hidden"
+        " x {wildcards.samples} patches, repeat {wildcards.repeat} ({threads} cores)"
     shell:
         train_shell("--samples {wildcards.samples:q}", "{params.launch}")
 
@@ -55,6 +66,7 @@ rule sweep_train:
 use rule sweep_train as sweep_train_one_rank with:
     wildcard_constraints:
         ranks="1",
+        hidden=r"[1-9]\d*",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
     threads: 1
@@ -63,13 +75,20 @@ use rule sweep_train as sweep_train_one_rank with:
         mpi="",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
+        sweep_point=sweep_point,
 
 
 rule sweep_collectives:
     input:
         "results/sweep/patches.h5",
     output:
-        "results/sweep/collectives/p{ranks}.csv",
+        report(
+            "results/sweep/collectives/p{ranks}.csv",
+            caption="../report/sweep_collectives.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "collectives benchmark, {ranks} ranks"},
+        ),
     log:
         "results/logs/sweep/collectives_p{ranks}.log",
     wildcard_constraints:
@@ -83,7 +102,7 @@ rule sweep_collectives:
         sweep_timing=1,
     params:
         side=config["patches"]["side"],
-        hidden=config["train"]["hidden"],
+        hidden=max(SWEEP["hidden"]),  # scales down to the smaller models' buffers
         scales=[0.0625, 0.125, 0.25, 0.5, 1, 2, 4],
         repeats=300,
         launch=mpi_launch,
@@ -110,7 +129,13 @@ rule sweep_runtimes:
     input:
         SWEEP_RUNS,
     output:
-        "results/sweep/runtimes.csv",
+        report(
+            "results/sweep/runtimes.csv",
+            caption="../report/sweep_runtimes_csv.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "every timed run"},
+        ),
     log:
         "results/logs/sweep/runtimes.log",
     conda:
@@ -123,11 +148,41 @@ rule sweep_report:
     input:
         "results/sweep/runtimes.csv",
     output:
-        table="results/sweep/runtimes.md",
-        scaling="results/sweep/scaling.csv",
-        speedup="results/sweep/speedup.png",
-        efficiency="results/sweep/efficiency.png",
-        breakdown="results/sweep/breakdown.png",
+        table=report(
+            "results/sweep/runtimes.md",
+            caption="../report/sweep_runtimes_md.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "median loop seconds (the report's Figure 3.1)"},
+        ),
+        scaling=report(
+            "results/sweep/scaling.csv",
+            caption="../report/sweep_scaling.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "speedup and efficiency per point"},
+        ),
+        speedup=report(
+            "results/sweep/speedup.png",
+            caption="../report/sweep_speedup.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=speedup_labels,
+        ),
+        efficiency=report(
+            "results/sweep/efficiency.png",
+            caption="../report/sweep_efficiency.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=efficiency_labels,
+        ),
+        breakdown=report(
+            "results/sweep/breakdown.png",
+            caption="../report/sweep_breakdown.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=breakdown_labels,
+        ),
     log:
         "results/logs/sweep/report.log",
     conda:
@@ -148,8 +203,20 @@ rule sweep_model:
             "results/sweep/collectives/p{ranks}.csv", ranks=SWEEP["ranks"]
         ),
     output:
-        fit="results/sweep/model.json",
-        plot="results/sweep/model.png",
+        fit=report(
+            "results/sweep/model.json",
+            caption="../report/sweep_model_json.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "performance model fit"},
+        ),
+        plot=report(
+            "results/sweep/model.png",
+            caption="../report/sweep_model.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=model_labels,
+        ),
     log:
         "results/logs/sweep/model.log",
     conda:
@@ -157,11 +224,13 @@ rule sweep_model:
     params:
         max_ranks=1024,
         max_samples=10**8,
+        predict_at=[16, 160000],  # the report's largest point
     shell:
         logged(
             f"python {script('sweep_model.py')}"
             " --fit {output.fit:q} --plot {output.plot:q}"
             " --max-ranks {params.max_ranks:q} --max-samples {params.max_samples:q}"
+            " --predict-at {params.predict_at:q}"
             " -- {input.runtimes:q} {input.collectives:q}"
         )
 

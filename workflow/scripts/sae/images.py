@@ -142,7 +142,7 @@ def check(img: np.ndarray, name: str) -> None:
         raise SaeError(f"{name}: image is constant")
 
 
-def whiten(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) -> np.ndarray:
+def whiten_image(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) -> np.ndarray:
     """Olshausen & Field's whitening: spectrum times f exp(-(f/f0)^4), then fixed variance.
 
     f is the radial spatial frequency in cycles per pixel, so f0 = 0.4 is
@@ -156,11 +156,11 @@ def whiten(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) -> np.nd
     return out * np.sqrt(variance / out.var())
 
 
-def load(source, whitened: bool):
-    """Images from ``source`` ("sample" or a list of files), checked and optionally whitened."""
+def load(source, whiten: bool):
+    """Images from ``source`` ("sample" or a list of files), checked and, if ``whiten``, whitened."""
     images, names, digests = sample_images() if source == "sample" else load_files(source)
     for img, name in zip(images, names, strict=True):
         check(img, name)
-    if whitened:
-        images = [whiten(img) for img in images]
+    if whiten:
+        images = [whiten_image(img) for img in images]
     return images, names, digests

@@ -24,7 +24,7 @@ import numpy as np
 from . import SaeError, h5io, lbfgs
 from .cli import FLUSH_SECONDS
 from .objective import initial_theta, to_blocks, unpack
-from .parallel import DistributedObjective, agree, gather_seconds, shard
+from .parallel import DistributedObjective, agree, describe_hosts, gather_hosts, gather_seconds, shard
 
 log = logging.getLogger("sae.train")
 
@@ -225,6 +225,7 @@ def load(comm, hp: dict, job: Job):
     """Every rank: its shard of the patches (blocks, n_total); an error in the data stops all ranks alike."""
     v, block, dtype = job.side * job.side, hp["block_size"], np.dtype(hp["precision"])
     blocks, n_total = agree(comm, load_shard, comm, job, block, dtype)
+    hosts = gather_hosts(comm)
     if comm.rank == 0:
         note = ""
         if job.cores_granted is not None and job.cores_granted > comm.size:
@@ -232,6 +233,7 @@ def load(comm, hp: dict, job: Job):
         log.info("%d ranks%s; %d patches of %d pixels in blocks of %d", comm.size, note, n_total, v, block)
         if "SLURM_JOB_ID" in os.environ:
             log.info("running in Slurm job %s", os.environ["SLURM_JOB_ID"])
+        log.info("hosts: %s", describe_hosts(hosts))
         if isinstance(blocks, StreamedShard):
             log.info("shards exceed train.memory_mb = %g: streaming them from HDF5", job.memory_mb)
     return blocks, n_total

@@ -207,7 +207,7 @@ def test_a_full_disk_while_sampling_patches_keeps_the_earlier_file(tmp_path):
     from conftest import SCRIPTS, run, smooth_images
 
     images = tmp_path / "images.h5"
-    h5io.write_images(images, smooth_images(), ["a", "b", "c"], ["0" * 64] * 3, False, 0.1)
+    h5io.write_images(images, zip(smooth_images(), "abc", ["0" * 64] * 3, strict=True), False, 0.1)
     with small_filesystem(tmp_path / "disk", 200) as disk:
         out = disk / "patches.h5"
         sample = [sys.executable, SCRIPTS / "sample_patches.py", images, out, "--side", 8, "--seed", 0]

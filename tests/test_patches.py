@@ -1,10 +1,14 @@
 """Patch sampling and normalization, in pieces."""
 
+import re
+import sys
+
+import h5py
 import numpy as np
 import pytest
 
-from conftest import smooth_images
-from sae import SaeError, patches
+from conftest import SCRIPTS, run, smooth_images
+from sae import SaeError, h5io, patches
 
 
 def test_sampling_is_seeded_and_takes_real_windows():
@@ -36,7 +40,7 @@ def test_patches_are_the_same_bits_for_any_piece_size():
     imgs, count = smooth_images(), 2 * patches.BLOCK + 4321
     sigma = patches.sigma(imgs, count, 8, 3)
     runs = [
-        np.concatenate(list(patches.pieces(imgs, count, 8, 3, sigma, piece)))
+        np.concatenate([x.copy() for x in patches.pieces(imgs, count, 8, 3, sigma, piece)])
         for piece in (count, patches.BLOCK, 10000, 4099)
     ]
     assert all(run.dtype == np.float32 and run.shape == (count, 64) for run in runs)
@@ -66,3 +70,19 @@ def test_side_larger_than_the_smallest_image_is_refused():
 def test_constant_images_are_refused():
     with pytest.raises(SaeError, match="all sampled patches are constant"):
         patches.sample([np.ones((20, 20))], 100, 8, 0)
+
+
+def test_patch_stage_peak_memory_does_not_grow_with_the_count(tmp_path):
+    """10x the patches (85 MB more to write): the stage's own peak RSS (getrusage) stays put."""
+    images = tmp_path / "images.h5"
+    named = ((img, f"i{k}", "0" * 64) for k, img in enumerate(smooth_images(3, 256)))
+    h5io.write_images(images, named, False, 0.1)
+    peaks = []
+    for count in (2 * patches.PIECE, 20 * patches.PIECE):
+        out = tmp_path / f"p{count}.h5"
+        proc = run([sys.executable, SCRIPTS / "sample_patches.py", images, out,
+                    "--count", count, "--side", 8, "--seed", 0])  # fmt: skip
+        peaks.append(float(re.search(r"peak RSS (\d+) MB", proc.stdout).group(1)))
+        with h5py.File(out) as f:
+            assert f["patches"].shape == (count, 64)
+    assert abs(peaks[1] - peaks[0]) < 8, peaks

@@ -219,6 +219,26 @@ def test_a_full_disk_while_sampling_patches_keeps_the_earlier_file(tmp_path):
         assert out.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["patches.h5"]
 
 
+def test_a_full_disk_while_writing_images_keeps_the_earlier_file(tmp_path):
+    """images.h5 grows image by image: the disk fills up after some are written."""
+    from conftest import SCRIPTS, run, smooth_images
+
+    files = []
+    for k, img in enumerate(smooth_images(8, 64)):
+        files.append(tmp_path / f"{k}.npy")
+        np.save(files[-1], img)
+    with small_filesystem(tmp_path / "disk", 200) as disk:
+        out = disk / "images.h5"
+        load = [sys.executable, SCRIPTS / "load_images.py", out]
+        run([*load, *files[:1]])
+        before = out.read_bytes()
+        proc = run([*load, *files], check=False)  # 8 x 32 kB: does not fit beside the first
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {out}: No space left")
+        assert "0.npy: 64 x 64" in proc.stdout  # it failed on the way, not up front
+        assert out.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["images.h5"]
+
+
 def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     """Snakemake's retries: a rank killed mid-training, the next attempt resumes and finishes."""
     import yaml

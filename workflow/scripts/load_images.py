@@ -21,7 +21,8 @@ def body():
     count = h5io.write_images(
         args.out, logged(images.load(source, args.whiten)), args.whiten, images.VARIANCE
     )
-    print(f"wrote {count} images to {args.out} (whitened: {args.whiten})")
+    peak = cli.peak_rss_mb()
+    print(f"wrote {count} images to {args.out} (whitened: {args.whiten}); peak RSS {peak:.0f} MB")
 
 
 cli.main(body)

@@ -25,7 +25,10 @@ def body():
         }
         pieces = patches.pieces(imgs, args.count, args.side, args.seed, sigma)
         h5io.write_patches(args.out, args.count, args.side**2, pieces, attrs)
-    print(f"wrote {args.count} patches of {args.side}x{args.side} to {args.out} (sigma {sigma:.4g})")
+    print(
+        f"wrote {args.count} patches of {args.side}x{args.side} to {args.out} (sigma {sigma:.4g});"
+        f" peak RSS {cli.peak_rss_mb():.0f} MB"
+    )
 
 
 cli.main(body)

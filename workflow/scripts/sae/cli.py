@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 import time
 
@@ -44,6 +45,11 @@ class BatchedStreamHandler(logging.StreamHandler):
             if lines:
                 self.stream.write("".join(lines))
             self.stream.flush()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def flush_logs() -> None:

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import SaeError
 
 BLOCK = 16384  # patches per sampling generator (fixed: changing it changes the sample)
-PIECE = 4 * BLOCK  # patches in memory at once when writing (any value gives the same file)
+PIECE = BLOCK  # patches in memory at once when writing (any value gives the same file)
 
 
 def shapes_of(images) -> list[tuple[int, int]]:
@@ -50,13 +50,14 @@ def block_draws(shapes, count: int, side: int, seed: int, block: int):
     return which, rows, cols
 
 
-def windows(images, count: int, side: int, seed: int, start: int, stop: int, shapes=None) -> np.ndarray:
+def windows(images, count: int, side: int, seed: int, start: int, stop: int, shapes=None, out=None):
     """Raw patches [start, stop) of the sample of ``count`` (stop - start, side*side), float64.
 
     ``images[k]`` is read once per sampling block that has a patch from image k.
+    out: an array of at least stop - start rows to fill (reused from piece to piece).
     """
     shapes = shapes_of(images) if shapes is None else shapes
-    out = np.empty((stop - start, side * side))
+    out = np.empty((stop - start, side * side)) if out is None else out[: stop - start]
     for block in range(start // BLOCK, -(-stop // BLOCK)):
         a, b = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
         which, rows, cols = (
@@ -71,9 +72,9 @@ def windows(images, count: int, side: int, seed: int, start: int, stop: int, sha
     return out
 
 
-def centered(images, count, side, seed, start, stop, shapes=None) -> np.ndarray:
-    """Patches [start, stop) with each patch's mean removed (float64)."""
-    x = windows(images, count, side, seed, start, stop, shapes)
+def centered(images, count, side, seed, start, stop, shapes=None, out=None) -> np.ndarray:
+    """Patches [start, stop) with each patch's mean removed (float64); ``out`` as for windows."""
+    x = windows(images, count, side, seed, start, stop, shapes, out)
     x -= x.mean(axis=1, keepdims=True)
     return x
 
@@ -85,10 +86,12 @@ def sigma(images, count: int, side: int, seed: int) -> float:
     """
     shapes = shapes_of(images)
     check_side(shapes, side)
-    squares = []
+    squares, buffer = [], np.empty((min(count, BLOCK), side * side))
     for block in range(-(-count // BLOCK)):
-        x = centered(images, count, side, seed, block * BLOCK, min(count, (block + 1) * BLOCK), shapes)
-        squares.append(float(np.square(x).sum()))
+        x = centered(
+            images, count, side, seed, block * BLOCK, min(count, (block + 1) * BLOCK), shapes, buffer
+        )
+        squares.append(float(np.multiply(x, x, out=x).sum()))
     value = math.sqrt(math.fsum(squares) / (count * side * side))
     if value == 0:
         raise SaeError("all sampled patches are constant: nothing to learn")
@@ -105,12 +108,19 @@ def normalize(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = PIECE):
-    """The normalized sample as float32 arrays of ``piece`` rows (the last may be shorter)."""
+    """The normalized sample as float32 arrays of ``piece`` rows (the last may be shorter).
+
+    Each array is one reused buffer, valid until the next is yielded.
+    """
     shapes = shapes_of(images)
     check_side(shapes, side)
+    buffer = np.empty((min(count, piece), side * side))
+    rows = np.empty((min(count, piece), side * side), dtype=np.float32)
     for a in range(0, count, piece):
-        x = centered(images, count, side, seed, a, min(count, a + piece), shapes)
-        yield normalize(x, sigma).astype(np.float32)
+        x = centered(images, count, side, seed, a, min(count, a + piece), shapes, buffer)
+        out = rows[: len(x)]
+        np.copyto(out, normalize(x, sigma))
+        yield out
 
 
 def sample(images, count: int, side: int, seed: int):
@@ -119,4 +129,4 @@ def sample(images, count: int, side: int, seed: int):
     For small samples (tests, benchmarks); the patch stage writes ``pieces`` as they come.
     """
     s = sigma(images, count, side, seed)
-    return np.concatenate(list(pieces(images, count, side, seed, s))), s
+    return np.concatenate([x.copy() for x in pieces(images, count, side, seed, s)]), s

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from . import SaeError, h5io
+from . import SaeError, cli, h5io
 from .objective import initial_theta, to_blocks, unpack
 from .parallel import DistributedObjective, agree, gather_seconds, shard
 
@@ -265,7 +264,7 @@ def run(comm, hp: dict, job: Job) -> None:
         else:
             objective.serve()
         loop_seconds = time.perf_counter() - loop_start
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak_rss_mb = cli.peak_rss_mb()
     seconds = gather_seconds(
         comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
     )  # columns: TIMINGS, then peak RSS

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,25 +92,42 @@ def fit(objective, theta0, iterations: int, history=(), on_iteration=None):
 class StreamedShard:
     """A shard larger than the memory cap: read from HDF5 piece by piece at every pass.
 
-    Iterating yields arrays of blocks as objective.to_blocks does, from one
-    reused buffer, so a rank holds one piece at a time.
+    Iterating yields arrays of blocks as objective.to_blocks does. Two pieces of
+    at most half the cap each take turns: a reader thread reads the next piece
+    from HDF5 and lays it out as blocks while the caller computes on the current
+    one (h5py and numpy's copies release the GIL).
     """
 
     def __init__(self, rows: h5io.PatchRows, first: int, stop: int, block_size: int, dtype, cap_bytes):
         width = rows.width
         per_row = (width + 1) * np.dtype(dtype).itemsize + width * rows.itemsize
-        blocks = max(1, int(cap_bytes // (per_row * block_size)))
+        blocks = max(1, int(cap_bytes / 2 // (per_row * block_size)))
         self.rows, self.first, self.stop, self.block_size, self.dtype = rows, first, stop, block_size, dtype
         self.piece = blocks * block_size
-        self.raw = np.empty((self.piece, width), dtype=rows.dtype)
-        self.blocks = np.empty((blocks, width + 1, block_size), dtype=dtype)
+        self.buffers = [  # (rows as read, the same rows as blocks)
+            (np.empty((self.piece, width), rows.dtype), np.empty((blocks, width + 1, block_size), dtype))
+            for _ in range(2)
+        ]
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
+        self.ahead, self.turn = None, 0  # (first row, future) of the piece being read into buffers[turn]
+
+    def _load(self, start: int, buffer) -> list:
+        raw, blocks = buffer
+        raw = self.rows.read(start, min(start + self.piece, self.stop), out=raw)
+        return to_blocks(raw, self.block_size, self.dtype, out=blocks[: len(raw) // self.block_size])
+
+    def _read_ahead(self, start: int) -> None:
+        self.turn = 1 - self.turn  # the buffer the caller is not using
+        self.ahead = (start, self.reader.submit(self._load, start, self.buffers[self.turn]))
 
     def __iter__(self):
-        for a in range(self.first, self.stop, self.piece):
-            raw = self.rows.read(a, min(a + self.piece, self.stop), out=self.raw)
-            yield from to_blocks(
-                raw, self.block_size, self.dtype, out=self.blocks[: len(raw) // self.block_size]
-            )
+        starts = range(self.first, self.stop, self.piece)
+        if self.ahead is None or self.ahead[0] != starts[0]:  # first pass, or the last one stopped early
+            self._read_ahead(starts[0])
+        for i in range(len(starts)):
+            ready = self.ahead[1].result()  # the reader's errors are raised here
+            self._read_ahead(starts[(i + 1) % len(starts)])  # after the last: the next pass's first
+            yield from ready
 
 
 def load_shard(comm, job: Job, block_size: int, dtype=np.float64):
@@ -133,7 +151,10 @@ def load_shard(comm, job: Job, block_size: int, dtype=np.float64):
     v = job.side * job.side
     rows = h5io.PatchRows(job.patches)
     if job.memory_mb is not None and (stop - first) * (v + 1) * dtype.itemsize > job.memory_mb * 2**20:
-        return StreamedShard(rows, first, stop, block_size, dtype, job.memory_mb * 2**20), n_total
+        streamed = StreamedShard(rows, first, stop, block_size, dtype, job.memory_mb * 2**20)
+        for _ in streamed:  # read once: damaged rows are an error here, agreed by all ranks
+            pass
+        return streamed, n_total
     with rows:
         full = np.empty(((stop - first) // block_size, v + 1, block_size), dtype=dtype)
         blocks, done = [full], 0

@@ -234,6 +234,13 @@ class PatchRows(_InputFile):
         self.width = self.dataset.shape[1]
         self.dtype = self.dataset.dtype
         self.itemsize = self.dtype.itemsize
+        ds = self.dataset
+        # The layout write_patches makes: row chunks of whole rows, a checksum and no other filter.
+        plain = ds.chunks is not None and ds.chunks[1] == self.width and ds.fletcher32
+        plain = plain and ds.compression is None and not ds.shuffle and ds.scaleoffset is None
+        self.chunk_rows = ds.chunks[0] if plain and self.dtype.isnative else None
+        if self.chunk_rows:
+            self.chunk = np.empty(self.chunk_rows * self.width * self.itemsize + 4, dtype=np.uint8)
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop), into out[: stop - start] if given."""
@@ -246,6 +253,30 @@ class PatchRows(_InputFile):
             raise SaeError(
                 f"{self.path}: cannot read rows {start}-{stop}, damaged file ({_first_line(err)})"
             ) from None
+
+    def reread(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows [start, stop) that ``read`` has checked before, into out[: stop - start].
+
+        The chunks are read as stored, past HDF5's filter pipeline, without checking
+        their checksums again: half the time of ``read``. Other layouts use ``read``.
+        """
+        if not self.chunk_rows or out.dtype != self.dtype:
+            return self.read(start, stop, out)
+        rows, done = self.chunk_rows, 0
+        stored = self.chunk[:-4].view(self.dtype).reshape(rows, self.width)  # then the checksum
+        try:
+            for c in range(start // rows, -(-stop // rows)):
+                mask, _ = self.dataset.id.read_direct_chunk((c * rows, 0), out=self.chunk)
+                if mask:  # a filter skipped for this chunk: not the plain layout
+                    return self.read(start, stop, out)
+                lo, hi = max(start, c * rows) - c * rows, min(stop, (c + 1) * rows) - c * rows
+                out[done : done + hi - lo] = stored[lo:hi]
+                done += hi - lo
+        except (OSError, RuntimeError, ValueError) as err:
+            raise SaeError(
+                f"{self.path}: cannot read rows {start}-{stop}, damaged file ({_first_line(err)})"
+            ) from None
+        return out[: stop - start]
 
 
 def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:

@@ -95,7 +95,8 @@ class StreamedShard:
     Iterating yields arrays of blocks as objective.to_blocks does. Two pieces of
     at most half the cap each take turns: a reader thread reads the next piece
     from HDF5 and lays it out as blocks while the caller computes on the current
-    one (h5py and numpy's copies release the GIL).
+    one (h5py and numpy's copies release the GIL). The first pass checks every
+    chunk's checksum; later passes re-read the same chunks as stored (h5io.PatchRows.reread).
     """
 
     def __init__(self, rows: h5io.PatchRows, first: int, stop: int, block_size: int, dtype, cap_bytes):
@@ -110,15 +111,18 @@ class StreamedShard:
         ]
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
         self.ahead, self.turn = None, 0  # (first row, future) of the piece being read into buffers[turn]
+        self.checked = False  # the first pass checks the checksums; later ones skip them
 
-    def _load(self, start: int, buffer) -> list:
+    def _load(self, start: int, buffer, checked: bool) -> list:
         raw, blocks = buffer
-        raw = self.rows.read(start, min(start + self.piece, self.stop), out=raw)
+        stop = min(start + self.piece, self.stop)
+        raw = self.rows.reread(start, stop, raw) if checked else self.rows.read(start, stop, raw)
         return to_blocks(raw, self.block_size, self.dtype, out=blocks[: len(raw) // self.block_size])
 
     def _read_ahead(self, start: int) -> None:
         self.turn = 1 - self.turn  # the buffer the caller is not using
-        self.ahead = (start, self.reader.submit(self._load, start, self.buffers[self.turn]))
+        future = self.reader.submit(self._load, start, self.buffers[self.turn], self.checked)
+        self.ahead = (start, future)
 
     def __iter__(self):
         starts = range(self.first, self.stop, self.piece)
@@ -126,6 +130,7 @@ class StreamedShard:
             self._read_ahead(starts[0])
         for i in range(len(starts)):
             ready = self.ahead[1].result()  # the reader's errors are raised here
+            self.checked |= i + 1 == len(starts)  # every row read and checked once
             self._read_ahead(starts[(i + 1) % len(starts)])  # after the last: the next pass's first
             yield from ready
 

@@ -8,7 +8,7 @@ Measured in one run on this machine, every file in a temporary folder (deleted a
    the whitened sample photographs: wall seconds, patches per second, peak RSS (its own getrusage);
 2. streamed training (train.memory_mb below the shard) against in memory, per evaluation, at
    sizes that fit: 160k patches on one rank (memory_mb 4) and 10^6 on two (memory_mb 64),
-   alternating runs, bitwise-identical models checked;
+   alternating runs, bitwise-identical models checked (memory_mb 16 at 160k: larger pieces);
 3. 10^7 patches on two ranks with memory_mb 64 (a few iterations): per-evaluation time and peak
    RSS per rank, against the shard's size in memory;
 4. the issue's done-when: `snakemake --cores 2 results/model.h5` with patches.count 4,000,000 and
@@ -234,10 +234,9 @@ def main():
         rates = patch_table(images, folder, counts)
         small = folder / "patches_160k.h5"
         patch_stage(images, small, 16000 if args.quick else 160000)
-        cases = [
-            (small, 16000 if args.quick else 160000, 1, 1 if args.quick else 4, 10 if args.quick else 30)
-        ]
-        cases.append((folder / f"patches_{counts[1]}.h5", counts[1], 2, 64 if not args.quick else 1, 5))
+        n_small, iterations = (16000, 10) if args.quick else (160000, 30)
+        cases = [(small, n_small, 1, cap, iterations) for cap in ((1,) if args.quick else (4, 16))]
+        cases.append((folder / f"patches_{counts[1]}.h5", counts[1], 2, 1 if args.quick else 64, 5))
         streaming_table(folder, cases, 1 if args.quick else 3)
         c_streamed = large_table(folder / f"patches_{counts[-1]}.h5", counts[-1], folder, 2,
                                  1 if args.quick else 64, 3)  # fmt: skip

@@ -140,6 +140,16 @@ def test_streaming_works_on_several_ranks(tmp_path, patches_1001):
         assert b.attrs["streamed"] and np.array_equal(a["W1"][()], b["W1"][()])
 
 
+def test_rereading_stored_chunks_gives_the_rows_read_checks(tmp_path):
+    """PatchRows.reread (chunks as stored, for streamed passes after the first) = PatchRows.read."""
+    patches = make_patches_file(tmp_path / "p.h5", 3 * h5io.ROWS_PER_CHUNK + 100)
+    out = np.empty((5000, 64), dtype=np.float32)
+    with h5io.PatchRows(patches) as rows:
+        assert rows.chunk_rows == h5io.ROWS_PER_CHUNK
+        for start, stop in ((0, 5000), (4000, 8192), (12000, 12388), (8191, 8193)):
+            assert np.array_equal(rows.reread(start, stop, out), rows.read(start, stop))
+
+
 def test_truncated_patches_file_is_one_clear_error(tmp_path, patches_1001):
     bad = tmp_path / "patches.h5"
     shutil.copy(patches_1001, bad)

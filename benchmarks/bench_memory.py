@@ -224,7 +224,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     args = parser.parse_args()
     counts = [10**4, 10**5] if args.quick else [10**5, 10**6, 10**7]
-    with tempfile.TemporaryDirectory(dir=REPO / "results" if (REPO / "results").is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         images = folder / "images.h5"
         run([sys.executable, SCRIPTS / "load_images.py", images])

@@ -37,7 +37,8 @@ import time  # noqa: E402
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sae import h5io, images, objective, patches, sweep  # noqa: E402
+from sae import h5io, images, objective, patches  # noqa: E402
+from sae.sweep import scaling  # noqa: E402
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
 V, H = 64, 25
@@ -70,7 +71,7 @@ def gemm_peak(dtype) -> float:
 
 def make_patches(path: Path, count: int) -> np.ndarray:
     """Whitened sample-image patches, normalized, written as the workflow would."""
-    imgs = [img for img, _, _ in images.load("sample", whitened=True)]
+    imgs = [img for img, _, _ in images.load("sample", whiten=True)]
     data, sigma = patches.sample(imgs, count, 8, seed=0)
     h5io.write_patches(path, count, 64, [data], {"seed": 0, "side": 8, "count": count, "sigma": sigma})
     return data
@@ -147,7 +148,7 @@ def mpi_table(patches_path, sizes, iterations, repeats):
     On a 2-core machine two ranks take every core, so anything else that runs
     (the launcher, the OS) delays them and not one rank: single runs vary by
     a few percent, as much as the effects measured here. Where two ranks'
-    loop goes is split as the sweep's breakdown does (sweep.breakdown).
+    loop goes is split as the sweep's breakdown does (sae.sweep.scaling.breakdown).
     """
     print("\n| N | loop s, 1 rank | loop s, 2 ranks | speedup: medians (best runs; range over pairs) "
           "| 2 ranks, share of loop: compute / imbalance / communication / optimizer step "
@@ -164,8 +165,8 @@ def mpi_table(patches_path, sizes, iterations, repeats):
             loop = {r: [a["loop_seconds_max"] for a in runs if a["ranks"] == r] for r in (1, 2)}
             median = {r: float(np.median(loop[r])) for r in loop}
             pairs = [a / b for a, b in zip(loop[1], loop[2], strict=True)]
-            (parts,) = [b for b in sweep.breakdown(runs) if b["ranks"] == 2]
-            shares = " / ".join(f"{100 * parts[f'{k}_share']:.1f}%" for k in sweep.BREAKDOWN_PARTS)
+            (parts,) = [b for b in scaling.breakdown(runs) if b["ranks"] == 2]
+            shares = " / ".join(f"{100 * parts[f'{k}_share']:.1f}%" for k in scaling.BREAKDOWN_PARTS)
             rss = {r: max(a["peak_rss_mb_max"] for a in runs if a["ranks"] == r) for r in (1, 2)}
             shard = {a["ranks"]: a["shard_mb_max"] for a in runs}
             best = min(loop[1]) / min(loop[2])

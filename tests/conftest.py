@@ -1,4 +1,7 @@
-"""Shared helpers: the package on sys.path, real MPI launches, a workflow copy."""
+"""Shared helpers: the package on sys.path, real MPI launches, a workflow copy, Snakemake runs.
+
+Test configs are files under tests/configs/, each runnable by hand (see its header).
+"""
 
 import os
 import shutil
@@ -8,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "tests" / "configs"
 SCRIPTS = REPO / "workflow" / "scripts"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(SCRIPTS))
@@ -108,6 +113,38 @@ def copy_workflow(folder):
         else:
             shutil.copy(src, folder / name)
     return folder / "Snakefile"
+
+
+def snakemake(folder, *args, check=True, timeout=600):
+    """Run this interpreter's Snakemake in ``folder``; the CompletedProcess (text output)."""
+    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """{rule: jobs} from the "Job stats" table Snakemake prints (a run's or a dry run's
+    output); empty when there is nothing to be done."""
+    if "Job stats:" not in output:
+        return {}
+    table = output.split("Job stats:")[1].split("\ntotal")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
+
+
+def load_config(name: str) -> dict:
+    """The test config tests/configs/<name>.yaml."""
+    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+
+
+def write_config(path, *layers: dict):
+    """A config file merging ``layers`` in order (each section's keys update the last); its path."""
+    config: dict = {}
+    for layer in layers:
+        for section, values in layer.items():
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:
+                config[section] = values
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from skimage.io import imsave
 
-from conftest import REPO, copy_workflow, run, smooth_images
+from conftest import REPO, copy_workflow, load_config, smooth_images, snakemake, write_config
 
-SMALL = {"patches": {"count": 1000}, "train": {"iterations": 10, "ranks": 2}}
-TINY_SWEEP = {"ranks": [1, 2], "sizes": [500, 1000], "repeats": 1, "iterations": 5}
+SMALL = load_config("small")
+TINY_SWEEP = load_config("tiny_sweep")
 
 # Image names a user's photographs may have; each command-like one would touch its own
 # marker file if the shell ever ran it. The leading-dash name sits in the working
@@ -37,10 +37,6 @@ HOSTILE = {
     "leading dash": "-rf --no-whiten.npy",
     "non-ASCII": "photos/café ü 日本 Ωμέγα.png",
 }
-
-
-def snakemake(folder, *args, check=True):
-    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
 
 
 def checkout_state():
@@ -67,11 +63,6 @@ def pwned(*folders):
     return found
 
 
-def write_yaml(path, data):
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    return path
-
-
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory):
     """`results/images.h5` from one small image under each hostile name (whitened 32 x 32)."""
@@ -84,7 +75,7 @@ def hostile_run(tmp_path_factory):
         else:
             np.save(folder / name, img)
     dash = HOSTILE["leading dash"]
-    config = write_yaml(folder / "my.yaml", {"images": {"source": ["photos/*", dash]}})
+    config = write_config(folder / "my.yaml", {"images": {"source": ["photos/*", dash]}})
     before = checkout_state()
     snakemake(folder, "-s", REPO / "Snakefile", "--configfile", config, "--cores", "1", "results/images.h5")
     with h5py.File(folder / "results" / "images.h5") as f:
@@ -113,7 +104,7 @@ def test_moving_the_checkout_reruns_nothing_even_to_a_hostile_path(tmp_path):
     work.mkdir()
     for i, img in enumerate(smooth_images(2, 32)):
         np.save(work / f"img{i}.npy", img)
-    config = write_yaml(work / "my.yaml", {"images": {"source": ["img*.npy"]}, **SMALL})
+    config = write_config(work / "my.yaml", {"images": {"source": ["img*.npy"]}}, SMALL)
     build = ["--configfile", config, "--cores", "2", "results/filters.png"]
     snakemake(work, "-s", first / "Snakefile", *build)
     proc = snakemake(work, "-s", second / "Snakefile", *build)
@@ -126,7 +117,7 @@ def test_moving_the_checkout_reruns_nothing_even_to_a_hostile_path(tmp_path):
 
 def test_runs_with_the_checkouts_snakefile_in_another_folder(tmp_path):
     """snakemake -s <checkout>/Snakefile --directory <tmp> --configfile <tmp>/my.yaml results/filters.png"""
-    config = write_yaml(tmp_path / "my.yaml", SMALL)
+    config = write_config(tmp_path / "my.yaml", SMALL)
     before = checkout_state()
     snakemake(
         REPO.parent,  # neither the checkout nor the working directory
@@ -135,7 +126,7 @@ def test_runs_with_the_checkouts_snakefile_in_another_folder(tmp_path):
     )  # fmt: skip
     assert (tmp_path / "results" / "filters.png").stat().st_size > 0
     with h5py.File(tmp_path / "results" / "model.h5") as f:
-        assert f.attrs["ranks"] == 2 and f.attrs["iterations"] == 10
+        assert f.attrs["ranks"] == 2 and f.attrs["iterations"] == SMALL["train"]["iterations"]
     assert (tmp_path / "results" / "logs" / "train.log").exists()
     assert checkout_state() == before
 
@@ -168,14 +159,16 @@ def test_imported_as_a_module_by_a_users_own_snakefile(tmp_path):
     (tmp_path / "Snakefile").write_text(USER_SNAKEFILE.format(snakefile=str(REPO / "Snakefile")))
     for i, img in enumerate(smooth_images(2, 64)):
         np.save(tmp_path / f"img{i}.npy", img)
-    write_yaml(tmp_path / "my.yaml", {"images": {"source": ["img*.npy"]}, **SMALL, "sweep": TINY_SWEEP})
+    write_config(tmp_path / "my.yaml", {"images": {"source": ["img*.npy"]}}, SMALL, TINY_SWEEP)
     before = checkout_state()
     proc = snakemake(tmp_path, "--cores", "2", "--resources", "sweep_timing=1")
     results = tmp_path / "results"
     assert (results / "filters.png").stat().st_size > 0
     for name in ("runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "speedup.png", "model.png"):
         assert (results / "sweep" / name).stat().st_size > 0, name
-    assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + 4
+    sweep = TINY_SWEEP["sweep"]
+    runs = len(sweep["ranks"]) * len(sweep["hidden"]) * len(sweep["sizes"]) * sweep["repeats"]
+    assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + runs
     assert "rule sae_train:" in proc.stderr and "rule sae_sweep_train_one_rank:" in proc.stderr
     assert checkout_state() == before
 
@@ -184,7 +177,7 @@ def test_image_names_with_braces_are_a_one_line_error(tmp_path):
     """Snakemake reads braces in a path as a wildcard: such a name is refused, naming the file."""
     for name in ("ok.npy", "a{b}.npy"):
         np.save(tmp_path / name, smooth_images(1, 32)[0])
-    config = write_yaml(tmp_path / "my.yaml", {"images": {"source": ["*.npy"]}})
+    config = write_config(tmp_path / "my.yaml", {"images": {"source": ["*.npy"]}})
     proc = snakemake(tmp_path, "-s", REPO / "Snakefile", "--configfile", config, "-n", check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode != 0 and errors == [
@@ -272,7 +265,10 @@ def test_scripts_the_workflow_copies_are_every_script_and_package_module():
     }  # fmt: skip
     scripts = REPO / "workflow" / "scripts"
     assert sorted(lists["ENTRY_SCRIPTS"]) == sorted(p.name for p in scripts.glob("*.py"))
-    assert sorted(lists["PACKAGE_MODULES"]) == sorted(p.name for p in (scripts / "sae").glob("*.py"))
+    package = scripts / "sae"  # with its subpackage sae/sweep/
+    assert sorted(lists["PACKAGE_MODULES"]) == sorted(
+        p.relative_to(package).as_posix() for p in package.rglob("*.py")
+    )
 
 
 def test_catalog_usage_file():

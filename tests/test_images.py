@@ -23,7 +23,7 @@ def test_whitening_flattens_the_spectrum_and_fixes_the_variance():
     f = np.hypot(np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :])
     f[0, 0] = 1
     img = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(256, 256))) / f))
-    out = images.whiten(img)
+    out = images.whiten_image(img)
     assert out.var() == pytest.approx(images.VARIANCE)
     assert abs(out.mean()) < 1e-12
 
@@ -81,7 +81,7 @@ def test_images_are_read_and_whitened_one_at_a_time(tmp_path):
     """load yields each image as it is read: a bad file late in the list fails only when reached."""
     np.save(tmp_path / "a.npy", smooth_images(1, 32)[0])
     (tmp_path / "b.png").write_bytes(b"not an image")
-    loaded = images.load([tmp_path / "a.npy", tmp_path / "b.png"], whitened=True)
+    loaded = images.load([tmp_path / "a.npy", tmp_path / "b.png"], whiten=True)
     img, name, _ = next(loaded)
     assert name.endswith("a.npy") and img.var() == pytest.approx(images.VARIANCE)
     with pytest.raises(SaeError, match=r"b\.png: cannot read image"):
@@ -110,7 +110,7 @@ def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
     path = tmp_path / "bad.png"
     make(path)
     with pytest.raises(SaeError, match=message) as err:
-        list(images.load([path], whitened=True))
+        list(images.load([path], whiten=True))
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
@@ -125,4 +125,4 @@ def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
 def test_bad_pixels_are_refused(tmp_path, pixels, message):
     np.save(tmp_path / "x.npy", pixels)
     with pytest.raises(SaeError, match=message):
-        list(images.load([tmp_path / "x.npy"], whitened=False))
+        list(images.load([tmp_path / "x.npy"], whiten=False))

@@ -79,10 +79,12 @@ def test_every_training_is_its_own_slurm_job(slurm_run):
 def test_each_jobs_mpi_world_is_its_rank_count_started_by_srun(slurm_run):
     folder, jobs = slurm_run
     for jobid, log in jobs["sweep_train"] + jobs["sweep_train_one_rank"]:
-        ranks, samples, repeat = re.search(r"rule_sweep_train\w*/(\d+)_(\d+)_(\d+)/", log).groups()
-        run_log = (folder / "results/logs/sweep" / f"train_p{ranks}_n{samples}_r{repeat}.log").read_text()
+        wildcards = re.search(r"rule_sweep_train\w*/(\d+)_(\d+)_(\d+)_(\d+)/", log).groups()
+        ranks, hidden, samples, repeat = wildcards
+        name = f"p{ranks}_h{hidden}_n{samples}_r{repeat}"
+        run_log = (folder / "results/logs/sweep" / f"train_{name}.log").read_text()
         assert f"running in Slurm job {jobid}" in run_log
-        with h5py.File(folder / "results/sweep/runs" / f"p{ranks}_n{samples}_r{repeat}.h5") as f:
+        with h5py.File(folder / "results/sweep/runs" / f"{name}.h5") as f:
             assert f.attrs["ranks"] == int(ranks) and f.attrs["samples"] == int(samples)
     ((jobid, _),) = jobs["train"]
     train_log = (folder / "results/logs/train.log").read_text()

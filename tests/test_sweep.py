@@ -3,47 +3,51 @@
 import csv
 import json
 import re
-import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, SCRIPTS, make_patches_file, mpirun, run, smooth_images
-from sae import SaeError, objective, sweep
+from conftest import (
+    REPO,
+    SCRIPTS,
+    job_counts,
+    load_config,
+    make_patches_file,
+    mpirun,
+    smooth_images,
+    snakemake,
+    write_config,
+)
+from sae import SaeError, objective
+from sae.sweep import model, records, scaling
 
-TINY = {"ranks": [1, 2], "sizes": [1000, 2000], "repeats": 1, "iterations": 12}
+TINY = load_config("tiny_sweep")["sweep"]
 # Timing rules, each with its one-rank variant (a plain process, not an MPI job).
 TIMING_RULES = {"sweep_train", "sweep_train_one_rank", "sweep_collectives", "sweep_collectives_one_rank"}
 
 
-def snakemake(folder, *args, check=True):
-    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
-
-
 def sweep_config(folder, name, sweep_section, images=True):
-    """The workflow's config with a ``sweep`` section and, for speed, two small images."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["sweep"] = sweep_section
+    """A config file with a ``sweep`` section and, for speed, two small synthetic images."""
+    layers = [{"sweep": sweep_section}]
     if images:
         for i, img in enumerate(smooth_images(2, 64)):
             np.save(folder / f"img{i}.npy", img)
-        config["images"] = {"source": ["img0.npy", "img1.npy"], "whiten": True}
-    path = folder / name
-    path.write_text(yaml.safe_dump(config))
-    return path
+        layers.append({"images": {"source": ["img0.npy", "img1.npy"], "whiten": True}})
+    return write_config(folder / name, *layers)
 
 
-def run_row(ranks, samples, repeat=1, loop=1.0, evaluations=100, **extra):
+def run_row(ranks, samples, repeat=1, loop=1.0, evaluations=100, hidden=25, **extra):
     """A runtimes.csv row with plausible timings."""
     row = {
         "ranks": ranks,
+        "hidden": hidden,
         "samples": samples,
         "repeat": repeat,
         "evaluations": evaluations,
         "iterations": 90,
         "block_size": 128,
+        "side": 8,
         "precision": "float32",
         "cost": 0.5,
         "wall_seconds": loop + 0.1,
@@ -65,34 +69,37 @@ def run_row(ranks, samples, repeat=1, loop=1.0, evaluations=100, **extra):
 
 
 def test_run_names_round_trip_and_bad_names_are_one_line_errors():
-    name = sweep.RUN_NAME.format(ranks=16, samples=160000, repeat=3)
-    assert sweep.parse_run_name(f"results/sweep/runs/{name}") == (16, 160000, 3)
+    name = records.RUN_NAME.format(ranks=16, hidden=100, samples=160000, repeat=3)
+    assert records.parse_run_name(f"results/sweep/runs/{name}") == (16, 100, 160000, 3)
     with pytest.raises(SaeError, match="not a sweep run file"):
-        sweep.parse_run_name("model.h5")
+        records.parse_run_name("model.h5")
 
 
 def test_run_record_names_a_missing_attribute():
-    attrs = {k: 1 for k in sweep.RUN_COLUMNS if k not in ("repeat", "comm_seconds_max")}
+    attrs = {k: 1 for k in records.RUN_COLUMNS if k not in ("repeat", "comm_seconds_max")}
     with pytest.raises(SaeError, match="'comm_seconds_max' missing"):
-        sweep.run_record(attrs, 1, "m.h5")
+        records.run_record(attrs, 1, "m.h5")
 
 
 def test_csv_round_trip_keeps_every_bit(tmp_path):
     rows = [run_row(1, 1000, loop=1 / 3), run_row(2, 1000, loop=np.float64(2 / 7), evaluations=np.int64(5))]
-    sweep.write_csv(tmp_path / "r.csv", rows, sweep.RUN_COLUMNS)
-    back = sweep.read_csv(tmp_path / "r.csv", sweep.RUN_COLUMNS)
+    records.write_csv(tmp_path / "r.csv", rows, records.RUN_COLUMNS)
+    back = records.read_csv(tmp_path / "r.csv", records.RUN_COLUMNS)
     assert back == [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in rows]
     assert not list(tmp_path.glob(".*tmp*"))
     (tmp_path / "bad.csv").write_text("ranks,samples\n1,x\n")
     with pytest.raises(SaeError, match="missing columns"):
-        sweep.read_csv(tmp_path / "bad.csv", sweep.RUN_COLUMNS)
+        records.read_csv(tmp_path / "bad.csv", records.RUN_COLUMNS)
 
 
 def test_speedup_is_the_median_ratio_and_efficiency_is_speedup_over_p():
     rows = [run_row(1, 1000, r, loop) for r, loop in enumerate([4.0, 4.4, 3.9], 1)]
     rows += [run_row(4, 1000, r, loop) for r, loop in enumerate([1.3, 1.25, 1.2], 1)]
     rows += [run_row(1, 2000, 1, 8.0), run_row(4, 2000, 1, 2.0)]
-    points = {(p["ranks"], p["samples"]): p for p in sweep.scaling(rows)}
+    rows += [run_row(1, 1000, 1, 40.0, hidden=100), run_row(4, 1000, 1, 20.0, hidden=100)]
+    points = {(p["ranks"], p["samples"]): p for p in scaling.scaling(rows) if p["hidden"] == 25}
+    (big,) = [p for p in scaling.scaling(rows) if (p["hidden"], p["ranks"]) == (100, 4)]
+    assert big["speedup"] == 2.0  # against the one-rank run of the same model size
     assert points[4, 1000]["speedup"] == pytest.approx(4.0 / 1.25)
     assert points[4, 1000]["loop_seconds_min"] == 1.2 and points[4, 1000]["loop_seconds_max"] == 1.3
     assert points[4, 2000]["efficiency"] == pytest.approx(1.0)
@@ -100,7 +107,7 @@ def test_speedup_is_the_median_ratio_and_efficiency_is_speedup_over_p():
         assert p["efficiency"] == pytest.approx(p["speedup"] / p["ranks"])
     assert points[1, 1000]["speedup"] == 1.0 and points[1, 1000]["runs"] == 3
     with pytest.raises(SaeError, match="speedup needs ranks 1"):
-        sweep.scaling([run_row(2, 1000)])
+        scaling.scaling([run_row(2, 1000)])
 
 
 def test_markdown_table_is_the_reports_layout():
@@ -111,104 +118,133 @@ def test_markdown_table_is_the_reports_layout():
         for r in (1, 2, 3)
     ]
     rows.remove(next(r for r in rows if (r["ranks"], r["samples"]) == (2, 20000)))
-    text = sweep.markdown_table(rows)
+    text = scaling.markdown_table(rows)
     lines = text.splitlines()
     assert lines[0] == "| Processes / Training size | 1,000 | 20,000 |"
     assert lines[2] == "| 1 | 1.02 s | 20.02 s |"  # the median of three repeats
     assert lines[3].startswith("| 2 | 0.52 s | ")
     assert "the same on every process count" in text and "1,000: 100" in text
     rows[0]["evaluations"] = 101
-    assert "DIFFER" in sweep.markdown_table(rows)
-    assert sweep.evaluations_by_size(rows)[1000] == [100, 101]
+    assert "DIFFER" in scaling.markdown_table(rows)
+    assert scaling.evaluations_by_problem(rows)[25, 1000] == [100, 101]
+    rows += [run_row(p, 1000, hidden=100, loop=10.0 / p) for p in (1, 2)]
+    text = scaling.markdown_table(rows)  # one table per model size
+    assert text.startswith("**25 hidden units**\n\n| Processes / Training size | 1,000 | 20,000 |")
+    table = "| Processes / Training size | 1,000 | 20,000 |\n|---:|---:|---:|\n| 1 | 10.00 s | — |"
+    assert f"**100 hidden units**\n\n{table}" in text
+    assert "100 hidden, 1,000: 100" in text
 
 
 def test_breakdown_parts_add_up_to_the_loop():
-    parts = sweep.breakdown([run_row(1, 1000, loop=2.0), run_row(2, 1000, loop=1.0)])
+    parts = scaling.breakdown([run_row(1, 1000, loop=2.0), run_row(2, 1000, loop=1.0)])
     for p in parts:
-        total = sum(p[k] for k in sweep.BREAKDOWN_PARTS)
+        total = sum(p[k] for k in scaling.BREAKDOWN_PARTS)
         assert total == pytest.approx(p["loop"])
-        assert sum(p[f"{k}_share"] for k in sweep.BREAKDOWN_PARTS) == pytest.approx(1.0)
+        assert sum(p[f"{k}_share"] for k in scaling.BREAKDOWN_PARTS) == pytest.approx(1.0)
     assert parts[0]["imbalance"] == pytest.approx(0.1 * 2.0)
 
 
 def test_tree_steps_and_whole_blocks():
-    assert list(sweep.tree_steps([1, 2, 3, 4, 5, 16, 17])) == [0, 1, 2, 2, 3, 4, 5]
+    assert list(model.tree_steps([1, 2, 3, 4, 5, 16, 17])) == [0, 1, 2, 2, 3, 4, 5]
     # 1000 rows = 8 blocks of 128 (the last 104 rows): 2 ranks hold 4 blocks, 16 ranks 1 block.
-    assert list(sweep.busiest_rows(1000, [1, 2, 3, 16], 128)) == [1000, 512, 384, 128]
+    assert list(model.busiest_rows(1000, [1, 2, 3, 16], 128)) == [1000, 512, 384, 128]
 
 
-def synthetic(truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), scales=(0.25, 1, 4)):
+def synthetic(
+    truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), hidden=(25, 100), scales=(0.25, 1, 4)
+):
     """Runs and a benchmark generated exactly by the model with parameters ``truth``."""
     runs = []
-    for p in ranks:
-        for n in sizes:
-            e = 400 + n // 10_000
-            rows = float(sweep.busiest_rows(n, p, 128))
-            comm = float(sweep.comm_time(truth, p))
-            compute = e * (truth["compute_per_patch"] * rows + truth["compute_fixed"])
-            optimizer = e * truth["optimizer"]
-            runs.append(
-                run_row(
-                    p,
-                    n,
-                    evaluations=e,
-                    loop=compute + e * comm + optimizer,
-                    compute_seconds_max=compute,
-                    compute_seconds_mean=compute,
-                    optimizer_seconds=optimizer,
-                    load_seconds_max=truth["load_fixed"] + truth["load_per_patch"] * rows,
+    for h in hidden:
+        terms = model.per_evaluation(truth, h)
+        for p in ranks:
+            for n in sizes:
+                e = 400 + n // 10_000 + h
+                rows = float(model.busiest_rows(n, p, 128))
+                comm = float(model.comm_time(truth, p, h))
+                compute = e * (terms["compute_per_patch"] * rows + terms["compute_fixed"])
+                optimizer = e * terms["optimizer"]
+                runs.append(
+                    run_row(
+                        p,
+                        n,
+                        hidden=h,
+                        evaluations=e,
+                        loop=compute + e * comm + optimizer,
+                        compute_seconds_max=compute,
+                        compute_seconds_mean=compute,
+                        optimizer_seconds=optimizer,
+                        load_seconds_max=truth["load_fixed"] + truth["load_per_patch"] * rows,
+                    )
                 )
-            )
     bench = []
     for p in ranks:
         for s in scales:
-            nbytes = s * truth["buffer_bytes"]
-            seconds = float(sweep.tree_steps(p)) * (2 * truth["alpha"] + truth["beta"] * nbytes) + 1e-7 * (
-                p == 1
-            )
+            nbytes = s * float(model.buffer_bytes(8, 25))
+            steps = float(model.tree_steps(p))
+            seconds = steps * (2 * truth["alpha"] + truth["beta"] * nbytes) + 1e-7 * (p == 1)
             bench.append({"ranks": p, "scale": s, "bytes": nbytes, "seconds": seconds})
     return runs, bench
 
 
 TRUTH = {
     "block_size": 128,
-    "compute_per_patch": 3e-7,
-    "compute_fixed": 2e-4,
-    "optimizer": 4e-4,
+    "side": 8,
+    "compute_per_patch_param": 1e-10,
+    "compute_per_patch": 3e-8,
+    "compute_fixed_param": 2e-8,
+    "compute_fixed": 2e-5,
+    "optimizer_per_param": 5e-8,
+    "optimizer_fixed": 4e-5,
     "load_per_patch": 1e-6,
     "load_fixed": 2e-3,
     "alpha": 3e-6,
     "beta": 2e-10,
-    "buffer_bytes": 8.0 * (objective.Sums(64, 25).size + objective.n_params(64, 25) + 1),
 }
+
+
+def test_model_size_terms_are_the_buffers_and_parameter_count():
+    assert model.parameters(8, [25, 100]).tolist() == [
+        objective.n_params(64, 25),
+        objective.n_params(64, 100),
+    ]
+    assert float(model.buffer_bytes(8, 25)) == 8.0 * (
+        objective.Sums(64, 25).size + objective.n_params(64, 25) + 1
+    )
+    terms = model.per_evaluation(TRUTH, 100)
+    assert terms["optimizer"] == pytest.approx(5e-8 * objective.n_params(64, 100) + 4e-5)
 
 
 def test_fit_recovers_the_parameters_that_made_the_data():
     runs, bench = synthetic(TRUTH)
-    model = sweep.fit_model(runs, bench)
+    fit = model.fit_model(runs, bench)
     for key, value in TRUTH.items():
-        assert model[key] == pytest.approx(value, rel=1e-6), key
-    assert model["benchmark_ranks"] == [1, 2, 4, 8]
-    for check in sweep.validation(model, runs):
+        assert fit[key] == pytest.approx(value, rel=1e-6), key
+    assert fit["benchmark_ranks"] == [1, 2, 4, 8] and fit["hidden"] == [25, 100]
+    assert fit["evaluations"] == {"25": 429.0, "100": 504.0}  # medians over the sizes
+    for check in model.validation(fit, runs):
         assert abs(check["relative_error"]) < 1e-6
+    with pytest.raises(SaeError, match="different side"):
+        model.fit_model([*runs, run_row(1, 1000, side=10)], bench)
 
 
 def test_model_predictions_behave():
-    model = {**TRUTH, "evaluations": 400.0}
-    s, e = sweep.predicted_speedup(model, np.array([1.0, 2.0, 1024.0]), 1e4)
+    fit = {**TRUTH, "evaluations": {"25": 400.0, "100": 450.0}}
+    s, e = model.predicted_speedup(fit, np.array([1.0, 2.0, 1024.0]), 1e4, 25)
     assert s[0] == pytest.approx(1.0) and np.all(s <= [1, 2, 1024])
     assert e[2] < 0.01  # 79 blocks cannot keep 1024 ranks busy
-    _, e_big = sweep.predicted_speedup(model, 1024.0, 1e9)
+    _, e_big = model.predicted_speedup(fit, 1024.0, 1e9, 25)
     assert e_big > 0.9  # plenty of rows: compute dominates
-    parts = sweep.predict(model, 8, 1e6)
+    parts = model.predict(fit, 8, 1e6, 100)
     assert parts["total"] == pytest.approx(
         sum(parts[k] for k in ("load", "compute", "communication", "optimizer"))
     )
-    assert sweep.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
+    assert parts["optimizer"] > model.predict(fit, 8, 1e6, 25)["optimizer"]  # grows with the model
+    assert model.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
 
 
 def test_without_a_multi_rank_benchmark_communication_is_free():
-    assert sweep.fit_collectives([{"ranks": 1, "scale": 1.0, "bytes": 100.0, "seconds": 1e-6}]) == (0.0, 0.0)
+    assert model.fit_collectives([{"ranks": 1, "scale": 1.0, "bytes": 100.0, "seconds": 1e-6}]) == (0.0, 0.0)
 
 
 # --- The collectives benchmark on real MPI ranks --------------------------------------------------
@@ -219,7 +255,7 @@ def test_collectives_benchmark_times_the_models_buffers_on_two_ranks(tmp_path):
     out = tmp_path / "c.csv"
     args = ["--side", 8, "--hidden", 25, "--scales", 0.5, 1, "--repeats", 20]
     mpirun(2, SCRIPTS / "sweep_collectives.py", patches, out, *args)
-    rows = sweep.read_csv(out, sweep.COLLECTIVE_COLUMNS)
+    rows = records.read_csv(out, records.COLLECTIVE_COLUMNS)
     assert [r["scale"] for r in rows] == [0.5, 1.0]
     one = rows[1]
     assert one["reduce_doubles"] == objective.Sums(64, 25).size
@@ -283,12 +319,14 @@ def test_tiny_sweep_writes_every_output(tiny_sweep):
 
 def test_tiny_sweep_csv_has_one_row_per_point(tiny_sweep):
     folder, _ = tiny_sweep
-    rows = sweep.read_csv(folder / "results" / "sweep" / "runtimes.csv", sweep.RUN_COLUMNS)
-    points = [(r["ranks"], r["samples"], r["repeat"]) for r in rows]
-    assert sorted(points) == [(p, n, 1) for p in TINY["ranks"] for n in TINY["sizes"]]
+    rows = records.read_csv(folder / "results" / "sweep" / "runtimes.csv", records.RUN_COLUMNS)
+    points = [(r["ranks"], r["hidden"], r["samples"], r["repeat"]) for r in rows]
+    assert sorted(points) == [
+        (p, h, n, 1) for p in TINY["ranks"] for h in TINY["hidden"] for n in TINY["sizes"]
+    ]
     with open(folder / "results" / "sweep" / "runtimes.csv") as f:
         header = next(csv.reader(f))
-    assert header[:4] == ["ranks", "samples", "repeat", "evaluations"]
+    assert header[:5] == ["ranks", "hidden", "samples", "repeat", "evaluations"]
     for r in rows:
         assert r["iterations"] == TINY["iterations"] and r["evaluations"] >= r["iterations"]
         for key in ("loop", "compute", "comm", "load"):
@@ -298,13 +336,17 @@ def test_tiny_sweep_csv_has_one_row_per_point(tiny_sweep):
 
 def test_tiny_sweep_evaluations_and_cost_are_equal_across_ranks(tiny_sweep):
     folder, _ = tiny_sweep
-    rows = sweep.read_csv(folder / "results" / "sweep" / "runtimes.csv", sweep.RUN_COLUMNS)
-    for n in TINY["sizes"]:
-        same = [r for r in rows if r["samples"] == n]
-        assert len({r["evaluations"] for r in same}) == 1
-        assert len({r["cost"] for r in same}) == 1  # bit for bit: the model is rank-invariant
+    rows = records.read_csv(folder / "results" / "sweep" / "runtimes.csv", records.RUN_COLUMNS)
+    for h in TINY["hidden"]:
+        for n in TINY["sizes"]:
+            same = [r for r in rows if (r["hidden"], r["samples"]) == (h, n)]
+            assert len(same) == len(TINY["ranks"])
+            assert len({r["evaluations"] for r in same}) == 1
+            assert len({r["cost"] for r in same}) == 1  # bit for bit: the model is rank-invariant
+    assert len({r["cost"] for r in rows}) == len(TINY["hidden"]) * len(TINY["sizes"])
     table = (folder / "results" / "sweep" / "runtimes.md").read_text()
-    assert "| Processes / Training size | 1,000 | 2,000 |" in table
+    for h in TINY["hidden"]:
+        assert f"**{h} hidden units**\n\n| Processes / Training size | 1,000 | 2,000 |" in table
     assert "the same on every process count" in table
     assert re.search(r"^\| 2 \| \d+\.\d\d s \| \d+\.\d\d s \|$", table, re.M)
 
@@ -312,24 +354,30 @@ def test_tiny_sweep_evaluations_and_cost_are_equal_across_ranks(tiny_sweep):
 def test_tiny_sweep_efficiency_is_speedup_over_p(tiny_sweep):
     folder, _ = tiny_sweep
     out = folder / "results" / "sweep"
-    runs = sweep.read_csv(out / "runtimes.csv", sweep.RUN_COLUMNS)
-    loop = {(r["ranks"], r["samples"]): r["loop_seconds_max"] for r in runs}
-    points = sweep.read_csv(out / "scaling.csv", sweep.SCALING_COLUMNS)
-    assert len(points) == len(TINY["ranks"]) * len(TINY["sizes"])
+    runs = records.read_csv(out / "runtimes.csv", records.RUN_COLUMNS)
+    loop = {(r["hidden"], r["samples"], r["ranks"]): r["loop_seconds_max"] for r in runs}
+    points = records.read_csv(out / "scaling.csv", scaling.SCALING_COLUMNS)
+    assert len(points) == len(TINY["ranks"]) * len(TINY["hidden"]) * len(TINY["sizes"])
     for p in points:
-        assert p["speedup"] == pytest.approx(
-            loop[1, p["samples"]] / loop[p["ranks"], p["samples"]], rel=1e-12
-        )
+        h, n = p["hidden"], p["samples"]
+        assert p["speedup"] == pytest.approx(loop[h, n, 1] / loop[h, n, p["ranks"]], rel=1e-12)
         assert p["efficiency"] == pytest.approx(p["speedup"] / p["ranks"], rel=1e-12)
 
 
 def test_tiny_sweep_model_is_fitted(tiny_sweep):
     folder, _ = tiny_sweep
     fit = json.loads((folder / "results" / "sweep" / "model.json").read_text())
-    model = fit["model"]
-    assert model["compute_per_patch"] > 0 and model["alpha"] + model["beta"] > 0
-    assert model["benchmark_ranks"] == [1, 2] and model["block_size"] == 128
-    assert len(fit["validation"]) == 4
+    fitted = fit["model"]
+    assert fitted["alpha"] + fitted["beta"] > 0 and fitted["hidden"] == TINY["hidden"]
+    assert fitted["benchmark_ranks"] == [1, 2] and fitted["block_size"] == 128
+    small, big = (model.per_evaluation(fitted, h) for h in TINY["hidden"])
+    assert 0 < small["compute_per_patch"] <= big["compute_per_patch"]
+    assert small["buffer_bytes"] < big["buffer_bytes"]
+    assert len(fit["validation"]) == len(TINY["ranks"]) * len(TINY["hidden"]) * len(TINY["sizes"])
+    # the report's largest point and the rule's max-ranks x max-samples, for each model size
+    assert [(p["hidden"], p["ranks"], p["samples"]) for p in fit["predictions"]] == [
+        (h, p, n) for h in TINY["hidden"] for p, n in ((16, 160000), (1024, 10**8))
+    ]
 
 
 def test_timing_jobs_run_one_at_a_time_on_as_many_cores_as_ranks(tiny_sweep):
@@ -338,7 +386,7 @@ def test_timing_jobs_run_one_at_a_time_on_as_many_cores_as_ranks(tiny_sweep):
     events = job_events(proc.stderr)
     rules = {jobid: rule for kind, jobid, rule, _ in events if kind == "start"}
     assert sorted(r for r in rules.values() if r in TIMING_RULES) == sorted(
-        ["sweep_collectives", "sweep_collectives_one_rank"] + ["sweep_train", "sweep_train_one_rank"] * 2
+        ["sweep_collectives", "sweep_collectives_one_rank"] + ["sweep_train", "sweep_train_one_rank"] * 4
     )
     running, most = set(), 0
     for kind, jobid, rule, _ in events:
@@ -355,14 +403,14 @@ def test_timing_jobs_run_one_at_a_time_on_as_many_cores_as_ranks(tiny_sweep):
     assert all(f"tasks={t}" in proc.stderr for t in (1, 2))
 
 
-def test_paper_grid_plans_the_reports_75_runs(workflow_copy):
+def test_paper_grid_plans_the_reports_150_runs(workflow_copy):
+    """The report's 75 runs (ranks x sizes x repeats) for each of its two model sizes."""
     out = snakemake(
         workflow_copy, "sweep", "-n", "--configfile", workflow_copy / "config" / "paper.yaml"
     ).stdout
-    table = out.split("Job stats:")[1].split("total")[0]
-    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
-    assert counts["sweep_train"] + counts["sweep_train_one_rank"] == 5 * 5 * 3
-    assert counts["sweep_train_one_rank"] == 5 * 3 and counts["sweep_collectives"] == 4
+    counts = job_counts(out)
+    assert counts["sweep_train"] + counts["sweep_train_one_rank"] == 5 * 5 * 3 * 2
+    assert counts["sweep_train_one_rank"] == 5 * 3 * 2 and counts["sweep_collectives"] == 4
 
 
 def test_sweep_without_one_rank_is_a_one_line_config_error(workflow_copy):

@@ -51,6 +51,9 @@ def test_model_file_layout_and_progress_log(models):
     for key, value in {"hidden": 25, "rho": 0.01, "lambda": 1e-4, "beta": 3.0, "seed": 0}.items():
         assert attrs[key] == value
     assert attrs["max_iterations"] == 25 and attrs["block_size"] == 128 and attrs["samples"] == 1001
+    # the timing attributes named once in h5io, each a plausible number of seconds
+    assert all(attrs[key] >= 0 for key in h5io.TIMING_ATTRS)
+    assert attrs["loop_seconds_max"] >= attrs["loop_seconds_mean"] > 0
     log = models[2, "log"]
     assert "2 ranks" in log and log.count("iteration ") == 25
     # every progress line, in order, though they are written in batches (cli.BatchedStreamHandler)

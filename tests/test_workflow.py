@@ -1,50 +1,29 @@
 """The Snakemake workflow end to end, in a temporary copy: outputs, caching, bad input."""
 
-import shutil
-import sys
-
 import h5py
 import matplotlib.image
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO, run, smooth_images
-
-SMALL = {"patches": {"count": 2000}, "train": {"iterations": 30, "ranks": 2}}
+from conftest import copy_workflow, job_counts, load_config, smooth_images, snakemake, write_config
 
 
-def snakemake(folder, *args, check=True):
-    return run([sys.executable, "-m", "snakemake", *args], cwd=folder, check=check)
-
-
-def write_config(folder, name, overrides):
-    """A config file: the small test config updated with ``overrides`` (nested dicts)."""
-    config = yaml.safe_load((folder / "config" / "config.yaml").read_text())
-    for section, values in [*SMALL.items(), *overrides.items()]:
-        config.setdefault(section, {}).update(values)
-    path = folder / name
-    path.write_text(yaml.safe_dump(config))
-    return path
+def small_config(folder, name, overrides):
+    """A config file in ``folder``: tests/configs/small.yaml updated with ``overrides`` (nested dicts)."""
+    return write_config(folder / name, load_config("small"), overrides)
 
 
 def planned_jobs(folder, config):
     """The rules a dry run would execute, from Snakemake's job table."""
-    out = snakemake(folder, "results/filters.png", "-n", "--configfile", config).stdout
-    if "Nothing to be done" in out:
-        return set()
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
+    return set(job_counts(snakemake(folder, "results/filters.png", "-n", "--configfile", config).stdout))
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One full run of the small config with `snakemake --cores 2`."""
     folder = tmp_path_factory.mktemp("wf")
-    for name in ("Snakefile", "workflow", "config"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
-    config = write_config(folder, "small.yaml", {})
+    copy_workflow(folder)
+    config = small_config(folder, "small.yaml", {})
     proc = snakemake(folder, "results/filters.png", "--cores", "2", "--configfile", config)
     return folder, config, proc
 
@@ -87,20 +66,20 @@ def test_nothing_changed_runs_nothing(pipeline):
 
 def test_changing_beta_reruns_training_and_filters_only(pipeline):
     folder, _, _ = pipeline
-    config = write_config(folder, "beta.yaml", {"train": {"beta": 2.0, "iterations": 30, "ranks": 2}})
+    config = small_config(folder, "beta.yaml", {"train": {"beta": 2.0, "iterations": 30, "ranks": 2}})
     assert planned_jobs(folder, config) == {"train", "filters"}
 
 
 def test_changing_count_reruns_patches_training_and_filters(pipeline):
     folder, _, _ = pipeline
-    config = write_config(folder, "count.yaml", {"patches": {"count": 3000}})
+    config = small_config(folder, "count.yaml", {"patches": {"count": 3000}})
     assert planned_jobs(folder, config) == {"patches", "train", "filters"}
 
 
 def test_changing_only_the_rank_count_reruns_nothing(pipeline):
     """The model does not depend on the rank count, so neither does the cache."""
     folder, _, _ = pipeline
-    config = write_config(folder, "ranks.yaml", {"train": {"iterations": 30, "ranks": 3}})
+    config = small_config(folder, "ranks.yaml", {"train": {"iterations": 30, "ranks": 3}})
     assert planned_jobs(folder, config) == set()
 
 
@@ -122,7 +101,7 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize(("overrides", "names"), BAD_CONFIGS)
 def test_bad_config_is_one_line_naming_the_key(workflow_copy, overrides, names):
-    config = write_config(workflow_copy, "bad.yaml", overrides)
+    config = small_config(workflow_copy, "bad.yaml", overrides)
     proc = snakemake(workflow_copy, "-n", "--configfile", config, check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -142,7 +121,7 @@ BAD_DATA = [
 def test_bad_image_data_fails_before_training_with_nothing_written(workflow_copy, name, make, message):
     make(workflow_copy / name)
     np.save(workflow_copy / "good.npy", smooth_images(1, 32)[0])
-    config = write_config(workflow_copy, "bad.yaml", {"images": {"source": ["good.npy", name]}})
+    config = small_config(workflow_copy, "bad.yaml", {"images": {"source": ["good.npy", name]}})
     proc = snakemake(workflow_copy, "--cores", "2", "--configfile", config, check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

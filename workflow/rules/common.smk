@@ -15,7 +15,7 @@ ENTRY_SCRIPTS = [
     "sweep_report.py",
     "sweep_model.py",
 ]
-PACKAGE_MODULES = [
+PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "__init__.py",
     "cli.py",
     "config.py",
@@ -26,8 +26,13 @@ PACKAGE_MODULES = [
     "one_blas_thread.py",
     "parallel.py",
     "patches.py",
-    "sweep.py",
     "train.py",
+    "sweep/__init__.py",
+    "sweep/records.py",
+    "sweep/scaling.py",
+    "sweep/model.py",
+    "sweep/collectives.py",
+    "sweep/plots.py",
 ]
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 for name in [*ENTRY_SCRIPTS, *(f"sae/{module}" for module in PACKAGE_MODULES)]:
@@ -75,6 +80,11 @@ def image_files():
 
 def logged(command):
     """Shell command with output to the rule's log; on failure its error line also goes to stderr."""
+    # Two rounds of braces: this f-string turns {{log:q}} into Snakemake's field {log:q} and
+    # {{{{ into {{, which Snakemake's formatting turns into the shell's literal {. Rule
+    # filters' command renders (snakemake -n -p) as
+    #   (python "$SAE_SCRIPTS/plot_filters.py" -- results/model.h5 results/filters.png) \
+    #     > results/logs/filters.log 2>&1 || { grep -h '^error:' results/logs/filters.log >&2; exit 1; }
     return f"({command}) > {{log:q}} 2>&1 || {{{{ grep -h '^error:' {{log:q}} >&2; exit 1; }}}}"
 
 
@@ -90,18 +100,19 @@ def train_tasks(wildcards, threads):
     return min(threads, os.cpu_count() or 1) if ranks == "auto" else ranks
 
 
-def train_params(count, iterations):
+def train_params(count, iterations, hidden=None):
     """The params of both training rules: every value that decides the model.
 
-    count: patches.count the input file was made with; iterations: L-BFGS iterations.
+    count: patches.count the input file was made with; iterations: L-BFGS iterations;
+    hidden: hidden units (or a function of the wildcards), by default train.hidden.
     """
     return dict(
         side=config["patches"]["side"],
         n=count,
         patches_seed=config["patches"]["seed"],
-        hidden=config["train"]["hidden"],
+        hidden=config["train"]["hidden"] if hidden is None else hidden,
         rho=config["train"]["rho"],
-        lam=config["train"]["lambda"],
+        **{"lambda": config["train"]["lambda"]},  # a Python keyword: a dict key
         beta=config["train"]["beta"],
         iterations=iterations,
         seed=config["train"]["seed"],
@@ -121,7 +132,7 @@ def train_shell(extra, launch=MPI_LAUNCH):
     return logged(
         f"{launch}python {script('train_model.py')}"
         " --side {params.side:q} --hidden {params.hidden:q} --rho {params.rho:q}"
-        " --lambda {params.lam:q} --beta {params.beta:q} --iterations {params.iterations:q}"
+        " --lambda {params.lambda:q} --beta {params.beta:q} --iterations {params.iterations:q}"
         " --seed {params.seed:q} --block-size {params.block_size:q}"
         " --precision {params.precision:q} --expect-count {params.n:q}"
         " --expect-seed {params.patches_seed:q} --memory-mb {resources.memory_mb:q}"

@@ -1,5 +1,5 @@
 # Scaling sweep: `snakemake --cores 2 sweep` times the MPI training over config
-# `sweep` (ranks x sizes x repeats) and writes results/sweep/: runtimes.csv,
+# `sweep` (ranks x hidden units x sizes x repeats) and writes results/sweep/: runtimes.csv,
 # runtimes.md, scaling.csv, speedup.png, efficiency.png, breakdown.png, model.png
 # and model.json. Timing runs train as rule `train` does, without checkpoints.
 #
@@ -10,8 +10,9 @@
 
 SWEEP = config["sweep"]
 SWEEP_RUNS = expand(
-    "results/sweep/runs/p{ranks}_n{samples}_r{repeat}.h5",
+    "results/sweep/runs/p{ranks}_h{hidden}_n{samples}_r{repeat}.h5",
     ranks=SWEEP["ranks"],
+    hidden=SWEEP["hidden"],
     samples=SWEEP["sizes"],
     repeat=range(1, SWEEP["repeats"] + 1),
 )
@@ -30,11 +31,12 @@ rule sweep_train:
     input:
         "results/sweep/patches.h5",
     output:
-        "results/sweep/runs/p{ranks}_n{samples}_r{repeat}.h5",
+        "results/sweep/runs/p{ranks}_h{hidden}_n{samples}_r{repeat}.h5",
     log:
-        "results/logs/sweep/train_p{ranks}_n{samples}_r{repeat}.log",
+        "results/logs/sweep/train_p{ranks}_h{hidden}_n{samples}_r{repeat}.log",
     wildcard_constraints:
         ranks=r"[2-9]|[1-9]\d+",
+        hidden=r"[1-9]\d*",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
     conda:
@@ -46,7 +48,11 @@ rule sweep_train:
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
     params:
-        **train_params(max(SWEEP["sizes"]), SWEEP["iterations"]),
+        **train_params(
+            max(SWEEP["sizes"]),
+            SWEEP["iterations"],
+            lambda wildcards: wildcards.hidden,
+        ),
         launch=mpi_launch,
     shell:
         train_shell("--samples {wildcards.samples:q}", "{params.launch}")
@@ -55,6 +61,7 @@ rule sweep_train:
 use rule sweep_train as sweep_train_one_rank with:
     wildcard_constraints:
         ranks="1",
+        hidden=r"[1-9]\d*",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
     threads: 1
@@ -83,7 +90,7 @@ rule sweep_collectives:
         sweep_timing=1,
     params:
         side=config["patches"]["side"],
-        hidden=config["train"]["hidden"],
+        hidden=max(SWEEP["hidden"]),  # scales down to the smaller models' buffers
         scales=[0.0625, 0.125, 0.25, 0.5, 1, 2, 4],
         repeats=300,
         launch=mpi_launch,
@@ -157,11 +164,13 @@ rule sweep_model:
     params:
         max_ranks=1024,
         max_samples=10**8,
+        predict_at=[16, 160000],  # the report's largest point
     shell:
         logged(
             f"python {script('sweep_model.py')}"
             " --fit {output.fit:q} --plot {output.plot:q}"
             " --max-ranks {params.max_ranks:q} --max-samples {params.max_samples:q}"
+            " --predict-at {params.predict_at:q}"
             " -- {input.runtimes:q} {input.collectives:q}"
         )
 

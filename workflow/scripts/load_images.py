@@ -6,6 +6,7 @@ from sae import cli, h5io, images
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", help="images.h5 to write")
     parser.add_argument("files", nargs="*", help="image files; none means the sample photographs")

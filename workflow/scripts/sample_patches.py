@@ -6,6 +6,7 @@ from sae import cli, h5io, patches
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("images", help="images.h5 to read")
     parser.add_argument("out", help="patches.h5 to write")

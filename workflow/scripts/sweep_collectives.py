@@ -11,12 +11,14 @@ import argparse
 
 from mpi4py import MPI
 
-from sae import SaeError, cli, h5io, parallel, sweep
+from sae import SaeError, cli, h5io, parallel
+from sae.sweep import collectives, records
 
 COMM = MPI.COMM_WORLD
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("patches", help="patches.h5 of the sweep (its width v = side * side)")
     parser.add_argument("out", help="CSV to write")
@@ -33,28 +35,17 @@ def body():
     parallel.agree(COMM, h5io.patches_info, args.patches, args.side)
     v = args.side * args.side
     with parallel.abort_on_failure(COMM):
-        rows = parallel.time_collectives(COMM, v, args.hidden, args.scales, args.repeats, args.seed)
+        timings = collectives.measure(COMM, v, args.hidden, args.scales, args.repeats, args.seed)
     if COMM.rank != 0:
         return
-    records = [
-        {
-            "ranks": COMM.size,
-            "scale": scale,
-            "reduce_doubles": int(reduce_),
-            "bcast_doubles": int(bcast),
-            "bytes": sweep.DOUBLE * int(reduce_ + bcast),
-            "seconds": seconds,
-            "seconds_min": fastest,
-        }
-        for scale, (reduce_, bcast, seconds, fastest) in zip(args.scales, rows, strict=True)
-    ]
-    for r in records:
+    rows = collectives.as_rows(COMM.size, args.scales, timings)
+    for r in rows:
         print(
             f"{COMM.size} ranks, scale {r['scale']:g}: Bcast {r['bcast_doubles']} + Reduce "
             f"{r['reduce_doubles']} doubles: {r['seconds'] * 1e6:.1f} us"
             f" (fastest {r['seconds_min'] * 1e6:.1f} us)"
         )
-    sweep.write_csv(args.out, records, sweep.COLLECTIVE_COLUMNS)
+    records.write_csv(args.out, rows, records.COLLECTIVE_COLUMNS)
 
 
 cli.main(body, quiet=COMM.rank != 0)

@@ -2,10 +2,12 @@
 
 import argparse
 
-from sae import cli, sweep
+from sae import cli
+from sae.sweep import model, plots, records
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runtimes", help="runtimes.csv to read")
     parser.add_argument("collectives", nargs="+", help="collectives benchmark CSVs, one per rank count")
@@ -13,19 +15,44 @@ def body():
     parser.add_argument("--plot", required=True, help="model.png to write")
     parser.add_argument("--max-ranks", type=int, required=True)
     parser.add_argument("--max-samples", type=float, required=True)
+    parser.add_argument(
+        "--predict-at",
+        type=float,
+        nargs=2,
+        metavar=("RANKS", "SAMPLES"),
+        required=True,
+        help="a point to predict, besides (max-ranks, max-samples)",
+    )
     args = parser.parse_args()
-    runs = sweep.read_csv(args.runtimes, sweep.RUN_COLUMNS)
-    bench = [row for path in args.collectives for row in sweep.read_csv(path, sweep.COLLECTIVE_COLUMNS)]
-    model = sweep.fit_model(runs, bench)
-    checks = sweep.validation(model, runs)
-    sweep.write_json(args.fit, {"model": model, "validation": checks})
-    sweep.plot_model(model, runs, args.plot, args.max_ranks, args.max_samples)
-    for key, value in model.items():
+    runs = records.read_csv(args.runtimes, records.RUN_COLUMNS)
+    bench = [row for path in args.collectives for row in records.read_csv(path, records.COLLECTIVE_COLUMNS)]
+    fit = model.fit_model(runs, bench)
+    checks = model.validation(fit, runs)
+    points = [tuple(args.predict_at), (args.max_ranks, args.max_samples)]
+    predictions = [
+        {"hidden": h, "ranks": int(p), "samples": int(n), "speedup": float(s), "efficiency": float(e)}
+        for h in fit["hidden"]
+        for p, n in points
+        for s, e in [model.predicted_speedup(fit, p, n, h)]
+    ]
+    records.write_json(args.fit, {"model": fit, "validation": checks, "predictions": predictions})
+    plots.plot_model(fit, runs, args.plot, args.max_ranks, args.max_samples)
+    for key, value in fit.items():
         print(f"{key}: {value}")
     for c in checks:
         print(
-            f"p={c['ranks']} N={c['samples']}: loop measured {c['measured_loop_seconds']:.3f} s, "
+            f"h={c['hidden']} p={c['ranks']} N={c['samples']}: "
+            f"loop measured {c['measured_loop_seconds']:.3f} s, "
             f"predicted {c['predicted_loop_seconds']:.3f} s ({100 * c['relative_error']:+.1f} %)"
+        )
+
+    for h in fit["hidden"]:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in model.per_evaluation(fit, h).items())
+        print(f"h={h}: {terms}")
+    for r in predictions:
+        print(
+            f"h={r['hidden']} p={r['ranks']} N={r['samples']}: predicted speedup {r['speedup']:.1f},"
+            f" efficiency {r['efficiency']:.3f}"
         )
 
 

@@ -17,6 +17,7 @@ COMM = MPI.COMM_WORLD
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("patches", help="patches.h5 to read")
     parser.add_argument("out", help="model.h5 to write")

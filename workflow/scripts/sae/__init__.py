@@ -1,9 +1,12 @@
 """Parallel sparse autoencoder: the math and I/O behind the Snakemake workflow.
 
-Modules: ``config`` (schema validation), ``images`` (loading, whitening),
-``patches`` (sampling, normalization), ``objective`` (Ng's cost and gradient),
-``parallel`` (everything MPI), ``train`` (the L-BFGS driver), ``h5io`` (HDF5
-layout, atomic writes), ``filters`` (the picture of the learned features).
+Modules, in the order data flows: ``config`` (schema validation), ``images``
+(loading, whitening), ``patches`` (sampling, normalization), ``objective`` (Ng's
+cost and gradient, exact block sums), ``parallel`` (the training's MPI), ``train``
+(the L-BFGS driver), ``filters`` (the picture of the learned features), and the
+subpackage ``sweep`` (the scaling study: records, scaling, model, collectives,
+plots). Shared: ``h5io`` (HDF5 layout, atomic writes), ``cli`` (logging, one-line
+errors), ``one_blas_thread``. This module owns SaeError.
 """
 
 

@@ -1,4 +1,11 @@
-"""What every entry script shares: logging to stderr, and one-line errors."""
+"""What every entry script shares: logging to stderr in batches, and one-line errors.
+
+Owns how a script reports: progress lines (BatchedStreamHandler), a SaeError as the
+single line ``error: ...`` and exit status 1 (``main``). Each entry script keeps its own
+argparse preamble: its options are its interface, which its rule's shell line spells
+out, and a shared parser builder would hide that (``duplicates`` lists the preambles
+as same-shape pairs; they stay on purpose).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Validate the workflow config against its JSON schema and fill in defaults."""
+"""The config's check: validate it against the JSON schema and fill in the defaults.
+
+Owns turning a bad key into one ``config <key>: ...`` line; the schema itself
+(workflow/schemas/config.schema.yaml) owns the keys, their types and defaults.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The learned features as a picture: one tile per hidden unit."""
+"""The learned features as a picture (filters.png): one tile per hidden unit."""
 
 from __future__ import annotations
 

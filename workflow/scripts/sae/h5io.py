@@ -1,4 +1,6 @@
-"""HDF5 layout of the workflow's files, and atomic writes.
+"""HDF5 layout of the workflow's files, the model's timing attribute names, and atomic writes.
+
+Owns every file name inside a file: what the stages write and read is spelled here.
 
 images.h5   group ``images``: one 2-D float64 dataset per image, named 000, 001, ...
             with attributes ``name`` and ``sha256`` (of the source file);
@@ -12,7 +14,8 @@ checkpoint  datasets ``theta`` and ``history``; attributes ``evaluations`` and
 model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
             ``history`` (iterations, 3) with columns cost, grad_norm, seconds;
             attributes ``cost``, ``iterations``, ``evaluations``, ``ranks``,
-            ``train_seconds`` and every hyperparameter.
+            ``train_seconds``, every hyperparameter, and the timings named by
+            TIMING_ATTRS (written by training, read by the sweep).
 
 Every file is written straight to disk (never assembled in memory, so files larger
 than memory work) under a temporary name in the same folder, and renamed when
@@ -38,6 +41,33 @@ import numpy as np
 from . import SaeError
 
 ROWS_PER_CHUNK = 4096
+
+# The model file's timing attributes, the contract between training (which writes them) and
+# the sweep (which reads them). Every rank times the parts of RANK_TIMINGS; the file holds
+# each as max and mean over ranks, e.g. loop_seconds_max, then rank 0's optimizer seconds
+# (its loop outside compute and collectives) and the whole run's wall seconds.
+RANK_TIMINGS = ("load", "loop", "compute", "comm")
+OVER_RANKS = ("max", "mean")
+OPTIMIZER_SECONDS = "optimizer_seconds"
+WALL_SECONDS = "wall_seconds"
+
+
+def timing_attr(part: str, over: str) -> str:
+    """The attribute holding a per-rank timing's max or mean over ranks: loop, max -> loop_seconds_max."""
+    return f"{part}_seconds_{over}"
+
+
+RANK_TIMING_ATTRS = tuple(timing_attr(part, over) for part in RANK_TIMINGS for over in OVER_RANKS)
+TIMING_ATTRS = (*RANK_TIMING_ATTRS, OPTIMIZER_SECONDS, WALL_SECONDS)
+
+
+def rank_timing_attrs(per_rank: np.ndarray) -> dict:
+    """RANK_TIMING_ATTRS from per-rank seconds, one row per rank and one column per RANK_TIMINGS."""
+    return {
+        timing_attr(part, over): getattr(per_rank[:, i], over)()
+        for i, part in enumerate(RANK_TIMINGS)
+        for over in OVER_RANKS
+    }
 
 
 SLACK = 16 * 1024  # bytes reserved beyond a file's data for HDF5's own structures, plus 1/32

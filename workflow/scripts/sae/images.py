@@ -169,7 +169,7 @@ def check(img: np.ndarray, name: str) -> None:
         raise SaeError(f"{name}: image is constant")
 
 
-def whiten(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) -> np.ndarray:
+def whiten_image(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) -> np.ndarray:
     """Olshausen & Field's whitening: spectrum times f exp(-(f/f0)^4), then fixed variance.
 
     f is the radial spatial frequency in cycles per pixel, so f0 = 0.4 is
@@ -183,9 +183,9 @@ def whiten(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) -> np.nd
     return out * np.sqrt(variance / out.var())
 
 
-def load(source, whitened: bool):
+def load(source, whiten: bool):
     """(image, name, sha256) from ``source`` ("sample" or a list of files), one at a time,
-    each checked and optionally whitened."""
+    each checked and, if ``whiten``, whitened."""
     for img, name, digest in sample_images() if source == "sample" else load_files(source):
         check(img, name)
-        yield (whiten(img) if whitened else img), name, digest
+        yield (whiten_image(img) if whiten else img), name, digest

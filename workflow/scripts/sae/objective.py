@@ -258,14 +258,14 @@ def _sums(v: int, h: int) -> Sums:
     return Sums(v, h)
 
 
-def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: float):
+def finish(totals, theta, n: int, v: int, h: int, rho: float, lambda_: float, beta: float):
     """Cost and gradient from the global sums over all n patches (see Sums)."""
     g1, g2, sq = _sums(v, h).views(totals)
     w1, w2, _, _ = unpack(theta, v, h)
     rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
     k = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
     kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
-    cost = sq.sum() / (2 * n) + lam / 2 * (np.vdot(w1, w1) + np.vdot(w2, w2)) + beta * kl.sum()
+    cost = sq.sum() / (2 * n) + lambda_ / 2 * (np.vdot(w1, w1) + np.vdot(w2, w2)) + beta * kl.sum()
 
     grad = np.empty_like(theta)
     grad_w1, grad_w2, grad_b1, grad_b2 = unpack(grad, v, h)
@@ -274,18 +274,18 @@ def finish(totals, theta, n: int, v: int, h: int, rho: float, lam: float, beta: 
     delta2_x1 *= 4.0
     delta2_x1 += g1[:h]
     delta2_x1 /= 16 * n
-    np.multiply(w1, lam, out=grad_w1)
+    np.multiply(w1, lambda_, out=grad_w1)
     grad_w1 += delta2_x1[:, :v]
     grad_b1[:] = delta2_x1[:, v]
     # sum delta3 [a2 1]^T = sum d/4 [(1 + t)/2, 1]^T
     np.add(g2[:v, :h], g2[:v, h : h + 1], out=grad_w2)
     grad_w2 /= 8 * n
-    grad_w2 += lam * w2
+    grad_w2 += lambda_ * w2
     np.divide(g2[:v, h], 4 * n, out=grad_b2)
     return float(cost), grad
 
 
-def evaluate(theta, x, h: int, rho: float, lam: float, beta: float, block_size: int, dtype=np.float64):
+def evaluate(theta, x, h: int, rho: float, lambda_: float, beta: float, block_size: int, dtype=np.float64):
     """Cost and gradient over all patches x (n, v) in one process."""
     n, v = x.shape
     kernel = BlockKernel(v, h, block_size, dtype)
@@ -293,10 +293,10 @@ def evaluate(theta, x, h: int, rho: float, lam: float, beta: float, block_size: 
     units = np.zeros(kernel.sums.size)
     for blocks in to_blocks(x, block_size, dtype):
         kernel.accumulate(blocks, units)
-    return finish(units * step, theta, n, v, h, rho, lam, beta)
+    return finish(units * step, theta, n, v, h, rho, lambda_, beta)
 
 
-def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lam: float, beta: float):
+def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: float, beta: float):
     """Ng's vectorized equations transcribed directly, whole batch, float64.
 
     Patches are columns here, as in the notes. The readable specification:
@@ -309,14 +309,16 @@ def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lam: float, 
     a3 = expit(w2 @ a2 + b2[:, None])
     rho_hat = a2.mean(axis=1)
     kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
-    cost = 0.5 * np.sum((a3 - data) ** 2) / n + lam / 2 * (np.sum(w1**2) + np.sum(w2**2)) + beta * kl.sum()
+    cost = (
+        0.5 * np.sum((a3 - data) ** 2) / n + lambda_ / 2 * (np.sum(w1**2) + np.sum(w2**2)) + beta * kl.sum()
+    )
     delta3 = (a3 - data) * a3 * (1 - a3)
     sparsity = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
     delta2 = (w2.T @ delta3 + sparsity[:, None]) * a2 * (1 - a2)
     grad = np.concatenate(
         [
-            (delta2 @ data.T / n + lam * w1).ravel(),
-            (delta3 @ a2.T / n + lam * w2).ravel(),
+            (delta2 @ data.T / n + lambda_ * w1).ravel(),
+            (delta3 @ a2.T / n + lambda_ * w2).ravel(),
             delta2.sum(axis=1) / n,
             delta3.sum(axis=1) / n,
         ]

@@ -1,4 +1,4 @@
-"""Import before numpy in MPI entry scripts: one BLAS thread per rank (the ranks are the parallelism)."""
+"""One BLAS thread per process: import before numpy in MPI entry scripts (the ranks are the parallelism)."""
 
 import os
 

@@ -1,4 +1,7 @@
-"""Everything MPI: shards of fixed blocks, and the distributed objective.
+"""The training's MPI: shards of fixed blocks, the distributed objective, ending ranks together.
+
+Owns every MPI call of the training (the sweep's microbenchmark of the same
+collectives is sae.sweep.collectives).
 
 Every rank holds the whole model and the rows of its own blocks. Rank 0 runs
 the optimizer; each evaluation is one Bcast of the parameters (with a command
@@ -39,9 +42,9 @@ class DistributedObjective:
     kept per rank.
     """
 
-    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lam, beta):
+    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lambda_, beta):
         self.comm, self.blocks, self.n_total, self.v, self.h = comm, blocks, n_total, v, h
-        self.hyper = (rho, lam, beta)
+        self.hyper = (rho, lambda_, beta)
         self.kernel = BlockKernel(v, h, block_size, dtype)
         # max |x| without a temporary the size of the shard
         local_max = np.array(
@@ -125,6 +128,13 @@ def abort_on_failure(comm):
     collective) and SystemExit pass through; any other failure on one rank
     must not leave the others waiting in a collective, so it is reported
     here and ends the job with MPI_Abort.
+
+    Unlike ``python -m mpi4py script.py``, which calls MPI_Abort for every
+    unhandled exception, SystemExit with a nonzero status included: errors all
+    ranks agreed on end each rank normally with exit status 1 and one ``error:``
+    line (no abort, so no launcher noise and Snakemake sees an ordinary
+    failure); only a failure on one rank aborts, after the batched log lines
+    are written and with a SaeError as one line rather than a traceback.
     """
     try:
         yield
@@ -148,38 +158,3 @@ def gather_seconds(comm, values) -> np.ndarray | None:
     out = np.empty((comm.size, len(mine))) if comm.rank == 0 else None
     comm.Gather(mine, out, root=0)
     return out
-
-
-def time_collectives(comm, v: int, h: int, scales, repeats: int, seed: int = 0) -> np.ndarray | None:
-    """Seconds of one evaluation's collectives without its compute, for scaled model buffers.
-
-    For each scale s: a Bcast from rank 0 of round(s * (n_params(v, h) + 1))
-    doubles (the parameters and the command word) and a Reduce (SUM) to rank 0
-    of round(s * Sums(v, h).size) doubles (the block sums), the same uppercase
-    collectives on numpy buffers as DistributedObjective, with values from a
-    seeded Generator. After 10 untimed pairs, ``repeats`` pairs are timed one
-    by one on rank 0, back to back as in the training loop.
-
-    Returns on rank 0 one row per scale: (reduce doubles, bcast doubles,
-    median seconds per pair, fastest pair); None on the other ranks.
-    """
-    from .objective import Sums  # here, so that the module's imports stay as they are
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for scale in scales:
-        n_reduce = max(1, round(scale * Sums(v, h).size))
-        n_bcast = max(1, round(scale * (n_params(v, h) + 1)))
-        message = rng.standard_normal(n_bcast)
-        units = rng.standard_normal(n_reduce)
-        totals = np.empty_like(units) if comm.rank == 0 else None
-        seconds = np.empty(repeats)
-        comm.Barrier()
-        for i in range(-10, repeats):
-            start = time.perf_counter()
-            comm.Bcast(message, root=0)
-            comm.Reduce(units, totals, op=MPI.SUM, root=0)
-            if i >= 0:
-                seconds[i] = time.perf_counter() - start
-        rows.append((n_reduce, n_bcast, float(np.median(seconds)), float(seconds.min())))
-    return np.array(rows, dtype=np.float64) if comm.rank == 0 else None

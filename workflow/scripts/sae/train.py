@@ -22,7 +22,6 @@ from .parallel import DistributedObjective, agree, gather_seconds, shard
 log = logging.getLogger("sae.train")
 
 HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size", "precision")
-TIMINGS = ("load", "loop", "compute", "comm")
 READ_ROWS = 8192  # rows per hyperslab read when the shard is loaded whole
 
 
@@ -193,7 +192,7 @@ def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
     }
 
 
-def resume_point(job: Job, print_: dict):
+def resume_point(job: Job, run_fingerprint: dict):
     """(theta, history, evaluations) from a usable checkpoint of this run, or None."""
     if job.checkpoint is None or not Path(job.checkpoint).exists():
         return None
@@ -202,8 +201,10 @@ def resume_point(job: Job, print_: dict):
     except SaeError as err:
         log.warning("checkpoint not used: %s", err)
         return None
-    if saved != print_:
-        diff = sorted(k for k in print_.keys() | saved.keys() if print_.get(k) != saved.get(k))
+    if saved != run_fingerprint:
+        diff = sorted(
+            k for k in run_fingerprint.keys() | saved.keys() if run_fingerprint.get(k) != saved.get(k)
+        )
         log.warning(
             "checkpoint %s is from a different config or data (%s): not used", job.checkpoint, ", ".join(diff)
         )
@@ -255,8 +256,8 @@ def run(comm, hp: dict, job: Job) -> None:
         comm.Barrier()
         loop_start = time.perf_counter()
         if comm.rank == 0:
-            print_ = fingerprint(hp, job, n_total) if job.checkpoint else {}
-            resumed = resume_point(job, print_)
+            run_fingerprint = fingerprint(hp, job, n_total) if job.checkpoint else {}
+            resumed = resume_point(job, run_fingerprint)
             theta0, history, before = resumed or (
                 initial_theta(v, h, np.random.default_rng(hp["seed"])),
                 (),
@@ -270,7 +271,9 @@ def run(comm, hp: dict, job: Job) -> None:
                 due = len(history) % job.checkpoint_every == 0 and len(history) < hp["iterations"]
                 if job.checkpoint and (sigterm["set"] or due):
                     evaluations = before + objective.evaluations
-                    h5io.write_checkpoint(job.checkpoint, theta, np.array(history), evaluations, print_)
+                    h5io.write_checkpoint(
+                        job.checkpoint, theta, np.array(history), evaluations, run_fingerprint
+                    )
                 if sigterm["set"]:
                     raise Interrupted(
                         f"stopped by SIGTERM after iteration {len(history)}"
@@ -293,7 +296,7 @@ def run(comm, hp: dict, job: Job) -> None:
     peak_rss_mb = cli.peak_rss_mb()
     seconds = gather_seconds(
         comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
-    )  # columns: TIMINGS, then peak RSS
+    )  # columns: h5io.RANK_TIMINGS, then peak RSS
     if comm.rank != 0:
         return
     if interrupted is not None:
@@ -303,12 +306,11 @@ def run(comm, hp: dict, job: Job) -> None:
     log.info("stopped after %d iterations in all: %s", len(history), result.message)
     w1, w2, b1, b2 = unpack(theta, v, h)
     timing = {
-        **{f"{name}_seconds_max": seconds[:, i].max() for i, name in enumerate(TIMINGS)},
-        **{f"{name}_seconds_mean": seconds[:, i].mean() for i, name in enumerate(TIMINGS)},
-        "optimizer_seconds": loop_seconds - seconds[0, 2] - seconds[0, 3],
+        **h5io.rank_timing_attrs(seconds[:, :4]),
+        h5io.OPTIMIZER_SECONDS: loop_seconds - seconds[0, 2] - seconds[0, 3],
         "peak_rss_mb_max": seconds[:, 4].max(),
         "shard_mb_max": max_shard_bytes(n_total, v, block, comm.size, dtype) / 2**20,
-        "wall_seconds": time.perf_counter() - wall_start,
+        h5io.WALL_SECONDS: time.perf_counter() - wall_start,
     }
     model_attrs = {
         **{k: hp[k] for k in HYPERPARAMETERS},

@@ -108,29 +108,34 @@ class StreamedShard:
             (np.empty((self.piece, width), rows.dtype), np.empty((blocks, width + 1, block_size), dtype))
             for _ in range(2)
         ]
+        # Pieces end on multiples of ``step``: whole HDF5 chunks when a piece holds one, so that
+        # no chunk is read twice in a pass; whole blocks in any case (first is a block's first row).
+        chunk = rows.chunk_rows if rows.chunk_rows and rows.chunk_rows % block_size == 0 else block_size
+        step = self.piece // chunk * chunk or self.piece
+        cuts = list(range(-(-(first + 1) // step) * step, stop, step))
+        self.pieces = list(zip([first, *cuts], [*cuts, stop], strict=True))
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
-        self.ahead, self.turn = None, 0  # (first row, future) of the piece being read into buffers[turn]
+        self.ahead, self.turn = None, 0  # (index, future) of the piece being read into buffers[turn]
         self.checked = False  # the first pass checks the checksums; later ones skip them
 
-    def _load(self, start: int, buffer, checked: bool) -> list:
+    def _load(self, piece: tuple[int, int], buffer, checked: bool) -> list:
         raw, blocks = buffer
-        stop = min(start + self.piece, self.stop)
-        raw = self.rows.reread(start, stop, raw) if checked else self.rows.read(start, stop, raw)
+        raw = self.rows.reread(*piece, raw) if checked else self.rows.read(*piece, raw)
         return to_blocks(raw, self.block_size, self.dtype, out=blocks[: len(raw) // self.block_size])
 
-    def _read_ahead(self, start: int) -> None:
+    def _read_ahead(self, i: int) -> None:
         self.turn = 1 - self.turn  # the buffer the caller is not using
-        future = self.reader.submit(self._load, start, self.buffers[self.turn], self.checked)
-        self.ahead = (start, future)
+        future = self.reader.submit(self._load, self.pieces[i], self.buffers[self.turn], self.checked)
+        self.ahead = (i, future)
 
     def __iter__(self):
-        starts = range(self.first, self.stop, self.piece)
-        if self.ahead is None or self.ahead[0] != starts[0]:  # first pass, or the last one stopped early
-            self._read_ahead(starts[0])
-        for i in range(len(starts)):
+        count = len(self.pieces)
+        if self.ahead is None or self.ahead[0] != 0:  # first pass, or the last one stopped early
+            self._read_ahead(0)
+        for i in range(count):
             ready = self.ahead[1].result()  # the reader's errors are raised here
-            self.checked |= i + 1 == len(starts)  # every row read and checked once
-            self._read_ahead(starts[(i + 1) % len(starts)])  # after the last: the next pass's first
+            self.checked |= i + 1 == count  # every row read and checked once
+            self._read_ahead((i + 1) % count)  # after the last: the next pass's first
             yield from ready
 
 

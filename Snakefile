@@ -33,10 +33,13 @@ except SaeError as err:
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+# Report labels, the global report page, sweep progress messages.
+include: "workflow/rules/report.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/filters.smk"
+include: "workflow/rules/curve.smk"
 include: "workflow/rules/sweep.smk"
 
 
@@ -44,6 +47,7 @@ include: "workflow/rules/sweep.smk"
 localrules:
     all,
     filters,
+    training_curve,
     sweep,
     sweep_runtimes,
     sweep_report,
@@ -53,4 +57,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        "results/filters.png",
+        default_outputs,  # the filters and the training curve (workflow/rules/report.smk)

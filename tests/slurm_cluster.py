@@ -1,12 +1,28 @@
-"""A throwaway single-node Slurm cluster on this machine, for tests.
+"""A throwaway Slurm cluster on this machine, for tests: one node, or several.
 
 Built from Debian's packages (``apt-get install slurmctld slurmd slurm-client
-munge``) and meant for root on a disposable machine or container: ``start()``
-writes ``/etc/slurm/slurm.conf`` (where ``srun`` inside jobs looks for it) and
-starts munged, slurmctld and slurmd; ``stop()`` stops only what ``start()``
-started.
+munge``, and ``iproute2`` for several nodes) and meant for root on a disposable
+machine or container: ``start()`` writes ``/etc/slurm/slurm.conf`` (where
+``srun`` inside jobs looks for it) and starts munged, slurmctld and the slurmds.
 
-Usage: python tests/slurm_cluster.py start|stop|status
+- One node (``start(nodes=1)``): slurmd runs beside slurmctld, under this
+  machine's host name.
+- Several nodes (``start(nodes=2)``): each slurmd runs in a network namespace
+  of its own (``sae-node1``, ...; a veth pair into the bridge ``saebr0``, its
+  own address 10.250.0.1N) and a UTS namespace (host name ``node1``, ...), with
+  its own NodeName/NodeAddr, spool and log. slurmctld listens on the bridge
+  (10.250.0.1) in this machine's namespace, where sbatch and squeue run; the
+  file system and munged's socket are shared, as a cluster's shared file
+  system and its munge key would be. MPI ranks on different nodes talk over
+  TCP through the bridge.
+
+Every process this module starts is recorded in ``STATE`` by PID, name and
+start time, so ``stop()`` stops exactly those (and whatever still runs in its
+namespaces), never a process that merely reuses a PID. ``start()`` refuses a
+Slurm it did not start (a clear error, no waiting); one it started earlier is
+reused if it has the requested shape and works, else replaced.
+
+Usage: python tests/slurm_cluster.py start [NODES]|stop|status
 """
 
 import json
@@ -21,18 +37,40 @@ from pathlib import Path
 
 CONF = Path("/etc/slurm/slurm.conf")
 BASE = Path("/var/spool/slurm_cluster")
-STARTED = BASE / "started.json"
+STATE = BASE / "cluster.json"  # what start() started: {"nodes", "processes", "netns", "bridge"}
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
 MUNGE_DIRS = (MUNGE_RUN, Path("/var/lib/munge"), Path("/var/log/munge"))
-DAEMONS = {
-    "munged": ("/usr/sbin/munged", MUNGE_RUN / "munged.pid"),
-    "slurmctld": ("/usr/sbin/slurmctld", BASE / "slurmctld.pid"),
-    "slurmd": ("/usr/sbin/slurmd", BASE / "slurmd.pid"),
-}
+PROGRAMS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld", "slurmd": "/usr/sbin/slurmd"}
+PID_FILES = {"munged": MUNGE_RUN / "munged.pid", "slurmctld": BASE / "slurmctld.pid"}
+SLURMD_PID_FILE = BASE / "slurmd-%n.pid"  # %n: the node name
 CLIENTS = ("/usr/bin/sinfo", "/usr/bin/scontrol", "/usr/bin/sbatch", "/usr/bin/srun")
 USABLE = {"idle", "mixed", "allocated", "completing"}
 NEEDS_RESUME = ("down", "drain", "fail")
+# Several nodes: the bridge, its subnet, and node i's namespace, address and host name.
+BRIDGE, SUBNET = "saebr0", "10.250.0"
+CONTROLLER_ADDR = f"{SUBNET}.1"
+CPUS_PER_NODE = 4  # claimed (config_overrides), even on 2 cores: a lone node takes a 4-rank job
+SLURMD_TIMEOUT = 10  # seconds until slurmctld sets a silent node DOWN (test cluster only)
+# Several nodes: what every task's environment gets (slurmstepd runs TASK_PROLOG, whose
+# "export" lines it applies). The nodes share one kernel, so UCX (the mpich wheel's netmod
+# between nodes) would see shared memory reachable and bypass the network; these make it
+# use TCP on the node's link, as between machines. (MPICH's own shared memory still joins
+# ranks on one node.)
+TASK_PROLOG = BASE / "task_prolog.sh"
+NETWORK_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0"}
+
+
+def node_name(i: int) -> str:
+    return f"node{i}"
+
+
+def netns(i: int) -> str:
+    return f"sae-node{i}"
+
+
+def node_addr(i: int) -> str:
+    return f"{SUBNET}.{10 + i}"
 
 
 class ClusterError(RuntimeError):
@@ -51,6 +89,13 @@ def _ok(*args: str) -> bool:
     return result is not None and result.returncode == 0
 
 
+def _must(*args: str) -> None:
+    result = _run(*args)
+    if result is None or result.returncode != 0:
+        detail = result.stderr.strip() if result is not None else "did not finish"
+        raise ClusterError(f"{' '.join(args)}: {detail}")
+
+
 def _node_states() -> dict[str, str]:
     """Map node name to its long state (``*`` suffix: not responding)."""
     if not _ok("scontrol", "ping"):  # fast; sinfo waits ~10 s for a dead controller
@@ -66,48 +111,134 @@ def running() -> bool:
     return any(state in USABLE for state in _node_states().values())
 
 
-def _check_prerequisites() -> None:
+# --- processes, identified by PID, name and start time -------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """(name, state, start time in clock ticks after boot) of a process, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.index("(") + 1 : stat.rindex(")")], rest[0], int(rest[19])
+
+
+def _identity(pid: int) -> dict | None:
+    info = _stat(pid)
+    return None if info is None else {"pid": pid, "name": info[0], "start": info[2]}
+
+
+def _is_alive(proc: dict) -> bool:
+    """Whether the recorded process still runs (same PID, name and start time; no zombie)."""
+    info = _stat(proc["pid"])
+    return info is not None and info[0] == proc["name"] and info[2] == proc["start"] and info[1] != "Z"
+
+
+def _pids_named(name: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            info = _stat(int(entry.name))
+            if info is not None and info[0] == name and info[1] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def _netns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _pids_in_netns(inode: int) -> list[int]:
+    """Processes living in the network namespace with this inode (a node's jobs and daemons)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            if _netns_inode(f"/proc/{entry.name}/ns/net") == inode:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _terminate(procs: list[dict], timeout: float = 15) -> None:
+    for proc in procs:
+        if _is_alive(proc):
+            os.kill(proc["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_is_alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for proc in procs:
+        if _is_alive(proc):
+            os.kill(proc["pid"], signal.SIGKILL)
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+def _read_state() -> dict | None:
+    try:
+        return json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(state: dict) -> None:
+    BASE.mkdir(parents=True, exist_ok=True)
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(STATE)
+
+
+def _check_prerequisites(nodes: int) -> None:
     if os.geteuid() != 0:
         raise ClusterError("the test Slurm cluster must be started as root")
-    missing = [p for p in [*(d[0] for d in DAEMONS.values()), *CLIENTS] if not Path(p).exists()]
+    missing = [p for p in [*PROGRAMS.values(), *CLIENTS] if not Path(p).exists()]
     if missing:
         raise ClusterError(
             f"missing {', '.join(missing)}: apt-get install -y slurmctld slurmd slurm-client munge"
         )
+    if nodes > 1:
+        if not all(shutil.which(cmd) for cmd in ("ip", "nsenter", "unshare")):
+            raise ClusterError("several nodes need ip, nsenter and unshare: apt-get install -y iproute2")
+        probe = "sae-probe"
+        _run("ip", "netns", "delete", probe)
+        result = _run("ip", "netns", "add", probe)
+        if result is None or result.returncode != 0:
+            detail = result.stderr.strip() if result is not None else "ip netns add did not finish"
+            raise ClusterError(f"network namespaces are unavailable here: {detail}")
+        _run("ip", "netns", "delete", probe)
 
 
-def _alive(pid: int, name: str) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-    return comm == name and state != "Z"
+def _foreign(state: dict | None) -> list[str]:
+    """Slurm daemons running that start() did not start (munged is shared, not checked)."""
+    ours = {p["pid"] for p in (state or {}).get("processes", []) if _is_alive(p)}
+    found = [(name, pid) for name in ("slurmctld", "slurmd") for pid in _pids_named(name)]
+    return [f"{name} (pid {pid})" for name, pid in found if pid not in ours]
 
 
-def _any_running(name: str) -> bool:
-    return any(p.name.isdigit() and _alive(int(p.name), name) for p in Path("/proc").iterdir())
+# --- starting -----------------------------------------------------------------------------
 
 
-def _start_daemon(name: str, user: str | None = None) -> int:
-    """Start a self-daemonizing program and return the PID from its pid file."""
-    path, pid_file = DAEMONS[name]
+def _start_daemon(name: str, pid_file: Path, argv: list[str], user: str | None = None) -> dict:
+    """Start a self-daemonizing program; its identity once its pid file names a live process."""
     pid_file.unlink(missing_ok=True)
-    result = subprocess.run([path], capture_output=True, text=True, user=user)
+    result = subprocess.run(argv, capture_output=True, text=True, user=user)
     deadline = time.monotonic() + 10
     while result.returncode == 0 and time.monotonic() < deadline:
         try:
-            pid = int(pid_file.read_text())
+            proc = _identity(int(pid_file.read_text()))
         except (OSError, ValueError):
-            pid = 0
-        if _alive(pid, name):
-            return pid
+            proc = None
+        if proc is not None and proc["name"] == name:
+            return proc
         time.sleep(0.1)
     detail = (result.stderr.strip().splitlines() or ["no pid file"])[-1]
     raise ClusterError(f"{name} did not start: {detail}")
 
 
-def _start_munged() -> int:
+def _start_munged() -> dict:
     for directory in MUNGE_DIRS:
         directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(directory, "munge", "munge")
@@ -117,7 +248,7 @@ def _start_munged() -> int:
         MUNGE_KEY.write_bytes(os.urandom(1024))
         shutil.chown(MUNGE_KEY, "munge", "munge")
         MUNGE_KEY.chmod(0o400)
-    return _start_daemon("munged", user="munge")
+    return _start_daemon("munged", PID_FILES["munged"], [PROGRAMS["munged"]], user="munge")
 
 
 def _memory_mb() -> int:
@@ -127,17 +258,44 @@ def _memory_mb() -> int:
     raise ClusterError("cannot read MemTotal from /proc/meminfo")
 
 
-def _write_conf(node: str) -> None:
-    """Write slurm.conf and give slurmctld/slurmd fresh, empty state dirs."""
-    for state_dir in (BASE / "ctld", BASE / "d"):
-        shutil.rmtree(state_dir, ignore_errors=True)
-        state_dir.mkdir(parents=True)
+def first_job_id() -> int:
+    """A job id no earlier test cluster used: 100 ids per second of the clock (Slurm's max is 67,108,863)."""
+    return 1 + time.time_ns() // 10**7 % 60_000_000
+
+
+def _write_conf(host: str, nodes: int) -> None:
+    """Write slurm.conf and give slurmctld and the slurmds fresh, empty state dirs."""
+    shutil.rmtree(BASE / "ctld", ignore_errors=True)
+    for old in BASE.glob("d-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    (BASE / "ctld").mkdir(parents=True)
+    memory = _memory_mb() * 9 // 10 // nodes
+    if nodes == 1:
+        names = [host]
+        controller = host
+        node_lines = f"NodeName={host} CPUs={CPUS_PER_NODE} RealMemory={memory} State=UNKNOWN"
+    else:
+        names = [node_name(i) for i in range(1, nodes + 1)]
+        controller = f"{host}({CONTROLLER_ADDR})"
+        node_lines = "\n".join(
+            f"NodeName={node_name(i)} NodeAddr={node_addr(i)} NodeHostname={node_name(i)}"
+            f" CPUs={CPUS_PER_NODE} RealMemory={memory} State=UNKNOWN"
+            for i in range(1, nodes + 1)
+        )
+    for name in names:
+        (BASE / f"d-{name}").mkdir()
+    prolog = ""
+    if nodes > 1:
+        lines = "".join(f"echo export {k}={v}\n" for k, v in NETWORK_ENV.items())
+        TASK_PROLOG.write_text(f"#!/bin/sh\n# Written by tests/slurm_cluster.py\n{lines}")
+        TASK_PROLOG.chmod(0o755)
+        prolog = f"# Every task: TCP between the nodes (see NETWORK_ENV)\nTaskProlog={TASK_PROLOG}\n"
     CONF.parent.mkdir(parents=True, exist_ok=True)
     CONF.write_text(
         f"""\
-# Written by tests/slurm_cluster.py: a throwaway single-node test cluster.
+# Written by tests/slurm_cluster.py: a throwaway test cluster of {nodes} node(s).
 ClusterName=testcluster
-SlurmctldHost={node}
+SlurmctldHost={controller}
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
@@ -145,93 +303,158 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-# Reject jobs that can never fit (e.g. --ntasks 3 on 2 CPUs) instead of leaving
+# A node whose slurmd stops answering is DOWN after this many seconds (jobs on it end).
+SlurmdTimeout={SLURMD_TIMEOUT}
+# Reject jobs that can never fit (e.g. --ntasks 5 on 4 CPUs) instead of leaving
 # them pending forever; such jobs need --overcommit.
 EnforcePartLimits=ALL
 # Finished jobs stay visible to squeue (no accounting daemon here) for 5 min.
 MinJobAge=300
+# Job ids differ from those of earlier test clusters (the state is wiped at every start):
+# MPICH names a step's shared-memory files after it, and a killed job leaves them behind.
+FirstJobId={first_job_id()}
 StateSaveLocation={BASE}/ctld
-SlurmdSpoolDir={BASE}/d
-SlurmctldPidFile={DAEMONS["slurmctld"][1]}
-SlurmdPidFile={DAEMONS["slurmd"][1]}
+SlurmdSpoolDir={BASE}/d-%n
+SlurmctldPidFile={PID_FILES["slurmctld"]}
+SlurmdPidFile={SLURMD_PID_FILE}
 SlurmctldLogFile={BASE}/slurmctld.log
-SlurmdLogFile={BASE}/slurmd.log
-# The node claims at least 4 CPUs (the slurm profile's training uses 4 tasks) even on
+SlurmdLogFile={BASE}/slurmd-%n.log
+{prolog}# Each node claims {CPUS_PER_NODE} CPUs (the slurm profile's training uses 4 tasks) even on
 # a 2-core machine: config_overrides makes slurmd trust this file over the hardware.
 SlurmdParameters=config_overrides
-NodeName={node} CPUs={max(4, os.cpu_count() or 1)} RealMemory={_memory_mb() * 9 // 10} State=UNKNOWN
+{node_lines}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE OverSubscribe=NO State=UP
 """
     )
 
 
-def _wait_until_usable(timeout: float) -> None:
+def _setup_network(nodes: int, state: dict) -> None:
+    """The bridge and, per node, a namespace with a veth pair into it (recorded as made)."""
+    _must("ip", "link", "add", BRIDGE, "type", "bridge")
+    state["bridge"] = BRIDGE
+    _write_state(state)
+    _must("ip", "addr", "add", f"{CONTROLLER_ADDR}/24", "dev", BRIDGE)
+    _must("ip", "link", "set", BRIDGE, "up")
+    for i in range(1, nodes + 1):
+        ns, host_end = netns(i), f"sae-veth{i}"
+        _must("ip", "netns", "add", ns)
+        state["netns"].append({"name": ns, "inode": _netns_inode(f"/run/netns/{ns}")})
+        _write_state(state)
+        _must("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _must("ip", "link", "set", host_end, "master", BRIDGE)
+        _must("ip", "link", "set", host_end, "up")
+        _must("ip", "-n", ns, "addr", "add", f"{node_addr(i)}/24", "dev", "eth0")
+        _must("ip", "-n", ns, "link", "set", "eth0", "up")
+        _must("ip", "-n", ns, "link", "set", "lo", "up")
+        _must("ip", "-n", ns, "route", "add", "default", "via", CONTROLLER_ADDR)
+
+
+def _slurmd_argv(i: int, nodes: int) -> list[str]:
+    if nodes == 1:
+        return [PROGRAMS["slurmd"]]
+    # its own network namespace, and a UTS namespace whose host name is the node's name
+    # (nsenter, not `ip netns exec`, which remounts /sys without the cgroup tree slurmd reads)
+    script = f'hostname "$1" && exec {PROGRAMS["slurmd"]} -N "$1"'
+    enter = ["nsenter", f"--net=/run/netns/{netns(i)}", "unshare", "--uts"]
+    return [*enter, "sh", "-c", script, "sh", node_name(i)]
+
+
+def _wait_until_usable(nodes: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = _node_states()
-        if any(state in USABLE for state in states.values()):
+        if len(states) == nodes and all(state in USABLE for state in states.values()):
             return
         for node, state in states.items():
             if state.startswith(NEEDS_RESUME):
                 _run("scontrol", "update", f"nodename={node}", "state=resume")
         time.sleep(1)
-    raise ClusterError(f"no Slurm node became idle within {timeout:.0f} s; see {BASE}/*.log")
+    raise ClusterError(f"{nodes} Slurm node(s) did not become idle within {timeout:.0f} s; see {BASE}/*.log")
 
 
-def start(timeout: float = 60) -> bool:
-    """Start the cluster unless one is usable; True if this call started any daemon."""
-    _check_prerequisites()
-    if running():
+def _ours_and_working(state: dict | None, nodes: int) -> bool:
+    if state is None or state.get("nodes") != nodes:
         return False
-    stop()  # leftovers of an earlier start() that no longer make a usable cluster
-    BASE.mkdir(parents=True, exist_ok=True)
-    node = socket.gethostname().split(".")[0]
-    started: dict[str, int] = {}
+    names = [p["name"] for p in state["processes"] if _is_alive(p)]
+    return names.count("slurmd") == nodes and "slurmctld" in names and running()
+
+
+def start(nodes: int = 1, timeout: float = 60) -> bool:
+    """Start a cluster of ``nodes`` nodes; False if one this module started is already up.
+
+    Raises ClusterError, at once, if a slurmctld or slurmd runs that this
+    module did not start: it neither reuses nor stops someone else's Slurm.
+    """
+    _check_prerequisites(nodes)
+    state = _read_state()
+    foreign = _foreign(state)
+    if foreign:
+        raise ClusterError(
+            f"a Slurm not started by tests/slurm_cluster.py is running: {', '.join(foreign)}."
+            " Stop it first (the test cluster writes its own slurm.conf and neither reuses nor stops another)"
+        )
+    if _ours_and_working(state, nodes):
+        return False
+    stop()  # leftovers of an earlier start() that are not the cluster asked for
+    host = socket.gethostname().split(".")[0]
+    state = {"nodes": nodes, "processes": [], "netns": [], "bridge": None}
+    _write_state(state)
     try:
-        if not _any_running("munged"):
-            started["munged"] = _start_munged()
-        if not _any_running("slurmctld"):
-            _write_conf(node)
-            started["slurmctld"] = _start_daemon("slurmctld")
-        if not _any_running("slurmd"):
-            started["slurmd"] = _start_daemon("slurmd")
-    finally:
-        STARTED.write_text(json.dumps(started))
-    try:
-        _wait_until_usable(timeout)
+        if not _pids_named("munged"):  # a running munged (the machine's) is shared
+            state["processes"].append(_start_munged())
+        _write_conf(host, nodes)
+        if nodes > 1:
+            _setup_network(nodes, state)
+        state["processes"].append(_start_daemon("slurmctld", PID_FILES["slurmctld"], [PROGRAMS["slurmctld"]]))
+        _write_state(state)
+        for i in range(1, nodes + 1):
+            name = host if nodes == 1 else node_name(i)
+            pid_file = Path(str(SLURMD_PID_FILE).replace("%n", name))
+            state["processes"].append(_start_daemon("slurmd", pid_file, _slurmd_argv(i, nodes)))
+            _write_state(state)
+        _wait_until_usable(nodes, timeout)
     except ClusterError:
         stop()
         raise
-    return bool(started)
+    return True
 
 
 def stop(timeout: float = 15) -> bool:
-    """Stop the daemons that start() started; True if there were any."""
-    try:
-        started = json.loads(STARTED.read_text())
-    except (OSError, ValueError):
+    """Stop what start() started (daemons, their namespaces' processes, the network); True if any."""
+    state = _read_state()
+    if state is None:
         return False
-    for name in ("slurmd", "slurmctld", "munged"):
-        pid = started.get(name)
-        if pid is None or not _alive(pid, name):
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid, name) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid, name):
-            os.kill(pid, signal.SIGKILL)
-    STARTED.unlink()
-    return bool(started)
+    by_name = {name: [p for p in state["processes"] if p["name"] == name] for name in PROGRAMS}
+    _terminate(by_name["slurmd"], timeout)
+    for ns in state["netns"]:  # jobs' processes left in a node (slurmstepd, ranks)
+        if ns["inode"] is not None:
+            _terminate([p for p in map(_identity, _pids_in_netns(ns["inode"])) if p], timeout)
+        _run("ip", "netns", "delete", ns["name"])
+    if state["bridge"]:
+        _run("ip", "link", "delete", state["bridge"])
+    _terminate(by_name["slurmctld"], timeout)
+    _terminate(by_name["munged"], timeout)
+    STATE.unlink()
+    return True
+
+
+def node_processes(i: int) -> list[int]:
+    """PIDs of everything running in node i's namespace (its slurmd, job steps and ranks)."""
+    state = _read_state() or {}
+    for ns in state.get("netns", []):
+        if ns["name"] == netns(i):
+            return _pids_in_netns(ns["inode"])
+    raise ClusterError(f"no node {i} started by this module")
 
 
 def main(argv: list[str]) -> int:
-    command = argv[0] if len(argv) == 1 else ""
-    if command == "start":
-        print("started" if start() else "already running (nothing started)")
-    elif command == "stop":
+    command = argv[0] if argv else ""
+    if command == "start" and len(argv) <= 2:
+        nodes = int(argv[1]) if len(argv) == 2 else 1
+        print(f"started ({nodes} node(s))" if start(nodes) else "already running (nothing started)")
+    elif command == "stop" and len(argv) == 1:
         print("stopped" if stop() else "nothing started by this module")
-    elif command == "status":
+    elif command == "status" and len(argv) == 1:
         up = running()
         print("running" if up else "not running")
         return 0 if up else 1

@@ -169,7 +169,8 @@ def test_imported_as_a_module_by_a_users_own_snakefile(tmp_path):
     sweep = TINY_SWEEP["sweep"]
     runs = len(sweep["ranks"]) * len(sweep["hidden"]) * len(sweep["sizes"]) * sweep["repeats"]
     assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + runs
-    assert "rule sae_train:" in proc.stderr and "rule sae_sweep_train_one_rank:" in proc.stderr
+    assert "rule sae_train:" in proc.stderr
+    assert f"sae_sweep_train_one_rank: grid point 1 of {runs}" in proc.stderr
     assert checkout_state() == before
 
 

@@ -1,7 +1,7 @@
 """The `slurm` profile against a real single-node Slurm cluster (Debian's packages).
 
-tests/slurm_cluster.py starts munged, slurmctld and slurmd when no cluster is
-running, and stops only what it started. Without root or Slurm the tests skip
+tests/slurm_cluster.py starts munged, slurmctld and slurmd (refusing a Slurm it
+did not start), and stops only what it started. Without root or Slurm the tests skip
 with the reason, except in CI (CI=true), where they must run.
 """
 

@@ -1,6 +1,7 @@
 """The scaling sweep: its functions, the collectives benchmark on real ranks, a tiny real sweep."""
 
 import csv
+import itertools
 import json
 import re
 
@@ -19,7 +20,7 @@ from conftest import (
     snakemake,
     write_config,
 )
-from sae import SaeError, objective
+from sae import SaeError, labels, objective
 from sae.sweep import model, records, scaling
 
 TINY = load_config("tiny_sweep")["sweep"]
@@ -290,6 +291,9 @@ def job_events(stderr):
             jobid = int(re.search(r"jobid: (\d+)", body).group(1))
             threads = re.search(r"threads: (\d+)", body)
             events.append(("start", jobid, start.group(1), int(threads.group(1)) if threads else 1))
+        message = re.search(r"^Job (\d+): (\w+): .*\((\d+) cores\)$", block, re.M)  # a timing run
+        if message:
+            events.append(("start", int(message.group(1)), message.group(2), int(message.group(3))))
         for jobid, rule in re.findall(r"Finished jobid: (\d+) \(Rule: (\w+)\)", block):
             events.append(("end", int(jobid), rule, None))
     return events
@@ -418,3 +422,47 @@ def test_sweep_without_one_rank_is_a_one_line_config_error(workflow_copy):
     proc = snakemake(workflow_copy, "sweep", "-n", "--configfile", config, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1 and "sweep.ranks" in errors[0]
+
+
+def test_tiny_sweep_says_which_grid_point_runs_of_how_many_in_order(tiny_sweep):
+    _, proc = tiny_sweep
+    said = re.findall(
+        r"^Job \d+: sweep_train\w*: grid point (\d+) of (\d+),"
+        r" (\d+) ranks x (\d+) hidden x (\d+) patches, repeat (\d+)",
+        proc.stderr,
+        re.M,
+    )
+    grid = list(
+        itertools.product(TINY["ranks"], TINY["hidden"], TINY["sizes"], range(1, TINY["repeats"] + 1))
+    )
+    assert [tuple(int(v) for v in line) for line in said] == [
+        (k, len(grid), *point) for k, point in enumerate(grid, start=1)
+    ]
+
+
+def test_report_after_the_sweep_holds_its_figures_and_tables_with_their_numbers(tiny_sweep):
+    folder, _ = tiny_sweep
+    proc = snakemake(
+        folder, "-s", REPO / "Snakefile", "--configfile", "tiny.yaml", "--report", "results/report.html"
+    )
+    added = re.findall(r"^Adding (\S+) \(", proc.stderr, re.M)
+    tables = ["runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "p1.csv", "p2.csv"]
+    figures = ["speedup.png", "efficiency.png", "breakdown.png", "model.png"]
+    # The main job did not run here: no filters or training curve, and no error for them.
+    assert sorted(added) == sorted(tables + figures)
+    page = (folder / "results" / "report.html").read_text()
+    out = folder / "results" / "sweep"
+    for text in (
+        labels.speedup(out / "scaling.csv")["measured"],
+        labels.efficiency(out / "scaling.csv")["measured"],
+        labels.breakdown(out / "runtimes.csv")["measured"],
+        labels.model(out / "model.json")["measured"],
+    ):
+        assert json.dumps(text)[1:-1] in page, text  # in a caption, as the report's JSON holds it
+
+
+def test_a_run_of_the_default_target_after_the_sweep_plans_no_sweep_job(tiny_sweep):
+    """Only a report asks for the sweep's outputs: a run builds the filters and the curve."""
+    folder, _ = tiny_sweep
+    out = snakemake(folder, "-s", REPO / "Snakefile", "-n", "--forceall", "--configfile", "tiny.yaml").stdout
+    assert set(job_counts(out)) == {"images", "patches", "train", "filters", "training_curve", "all"}

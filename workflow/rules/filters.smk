@@ -2,7 +2,12 @@ rule filters:
     input:
         "results/model.h5",
     output:
-        "results/filters.png",
+        report(
+            "results/filters.png",
+            caption="../report/filters.rst",
+            category="Features",
+            labels=filters_labels,
+        ),
     log:
         "results/logs/filters.log",
     conda:

@@ -39,6 +39,7 @@ rule sweep_train:
         hidden=r"[1-9]\d*",
         samples=r"[1-9]\d*",
         repeat=r"[1-9]\d*",
+    priority: sweep_priority
     conda:
         "../envs/sae.yaml"
     threads: lambda wildcards: int(wildcards.ranks)
@@ -47,6 +48,7 @@ rule sweep_train:
         mpi="mpiexec",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
+        sweep_point=sweep_point,
     params:
         **train_params(
             max(SWEEP["sizes"]),
@@ -54,6 +56,9 @@ rule sweep_train:
             lambda wildcards: wildcards.hidden,
         ),
         launch=mpi_launch,
+    message:
+        "{rule}: {resources.sweep_point}, {wildcards.ranks} ranks x {wildcards.hidden} hidden"
+        " x {wildcards.samples} patches, repeat {wildcards.repeat} ({threads} cores)"
     shell:
         train_shell("--samples {wildcards.samples:q}", "{params.launch}")
 
@@ -70,13 +75,20 @@ use rule sweep_train as sweep_train_one_rank with:
         mpi="",
         sweep_timing=1,
         memory_mb=config["train"]["memory_mb"] or 0,
+        sweep_point=sweep_point,
 
 
 rule sweep_collectives:
     input:
         "results/sweep/patches.h5",
     output:
-        "results/sweep/collectives/p{ranks}.csv",
+        report(
+            "results/sweep/collectives/p{ranks}.csv",
+            caption="../report/sweep_collectives.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "collectives benchmark, {ranks} ranks"},
+        ),
     log:
         "results/logs/sweep/collectives_p{ranks}.log",
     wildcard_constraints:
@@ -117,7 +129,13 @@ rule sweep_runtimes:
     input:
         SWEEP_RUNS,
     output:
-        "results/sweep/runtimes.csv",
+        report(
+            "results/sweep/runtimes.csv",
+            caption="../report/sweep_runtimes_csv.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "every timed run"},
+        ),
     log:
         "results/logs/sweep/runtimes.log",
     conda:
@@ -130,11 +148,41 @@ rule sweep_report:
     input:
         "results/sweep/runtimes.csv",
     output:
-        table="results/sweep/runtimes.md",
-        scaling="results/sweep/scaling.csv",
-        speedup="results/sweep/speedup.png",
-        efficiency="results/sweep/efficiency.png",
-        breakdown="results/sweep/breakdown.png",
+        table=report(
+            "results/sweep/runtimes.md",
+            caption="../report/sweep_runtimes_md.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "median loop seconds (the report's Figure 3.1)"},
+        ),
+        scaling=report(
+            "results/sweep/scaling.csv",
+            caption="../report/sweep_scaling.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "speedup and efficiency per point"},
+        ),
+        speedup=report(
+            "results/sweep/speedup.png",
+            caption="../report/sweep_speedup.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=speedup_labels,
+        ),
+        efficiency=report(
+            "results/sweep/efficiency.png",
+            caption="../report/sweep_efficiency.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=efficiency_labels,
+        ),
+        breakdown=report(
+            "results/sweep/breakdown.png",
+            caption="../report/sweep_breakdown.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=breakdown_labels,
+        ),
     log:
         "results/logs/sweep/report.log",
     conda:
@@ -155,8 +203,20 @@ rule sweep_model:
             "results/sweep/collectives/p{ranks}.csv", ranks=SWEEP["ranks"]
         ),
     output:
-        fit="results/sweep/model.json",
-        plot="results/sweep/model.png",
+        fit=report(
+            "results/sweep/model.json",
+            caption="../report/sweep_model_json.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "performance model fit"},
+        ),
+        plot=report(
+            "results/sweep/model.png",
+            caption="../report/sweep_model.rst",
+            category="Scaling",
+            subcategory="Figures",
+            labels=model_labels,
+        ),
     log:
         "results/logs/sweep/model.log",
     conda:

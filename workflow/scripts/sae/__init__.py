@@ -3,10 +3,12 @@
 Modules, in the order data flows: ``config`` (schema validation), ``images``
 (loading, whitening), ``patches`` (sampling, normalization), ``objective`` (Ng's
 cost and gradient, exact block sums), ``parallel`` (the training's MPI), ``train``
-(the L-BFGS driver), ``filters`` (the picture of the learned features), and the
-subpackage ``sweep`` (the scaling study: records, scaling, model, collectives,
-plots). Shared: ``h5io`` (HDF5 layout, atomic writes), ``cli`` (logging, one-line
-errors), ``one_blas_thread``. This module owns SaeError.
+(the L-BFGS driver), ``filters`` (the picture of the learned features), ``curve``
+(the training curve), the subpackage ``sweep`` (the scaling study: records,
+scaling, model, collectives, plots), and ``labels`` (what the Snakemake report
+states about each output, read from the outputs). Shared: ``h5io`` (HDF5 layout,
+atomic writes), ``cli`` (logging, one-line errors), ``one_blas_thread``. This
+module owns SaeError.
 """
 
 

@@ -9,8 +9,10 @@ patches.h5  dataset ``patches`` (N, side*side) float32, one row per patch, chunk
             by rows with a Fletcher-32 checksum per chunk (corruption is an
             error); attributes ``seed``, ``side``, ``count``, ``sigma``,
             ``sources``, ``sha256``.
-checkpoint  datasets ``theta`` and ``history``; attributes ``evaluations`` and
-            ``fingerprint`` (JSON: hyperparameters and data identity).
+checkpoint  group ``optimizer``: the optimizer's whole state, one dataset per
+            array or number (see lbfgs.LBFGS.state); dataset ``history``;
+            attribute ``fingerprint`` (JSON: hyperparameters, data identity,
+            optimizer and numpy versions).
 model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
             ``history`` (iterations, 3) with columns cost, grad_norm, seconds;
             attributes ``cost``, ``iterations``, ``evaluations``, ``ranks``,
@@ -319,25 +321,24 @@ def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
         f.attrs.update(attrs)
 
 
-def write_checkpoint(
-    path, theta: np.ndarray, history: np.ndarray, evaluations: int, fingerprint: dict
-) -> None:
-    """Parameters, history and evaluations so far; ``fingerprint`` (JSON) names config and data."""
-    with new_file(path, theta.nbytes + history.nbytes + len(json.dumps(fingerprint)) + 512) as f:
-        f.create_dataset("theta", data=theta)
+def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: dict) -> None:
+    """The optimizer's state (arrays by name) and the history; ``fingerprint`` (JSON) names what it fits."""
+    nbytes = sum(np.asarray(v).nbytes for v in optimizer.values()) + history.nbytes
+    with new_file(path, nbytes + len(json.dumps(fingerprint)) + 512) as f:
+        group = f.create_group("optimizer")
+        for name, value in optimizer.items():
+            group.create_dataset(name, data=value)
         f.create_dataset("history", data=history)
-        f.attrs["evaluations"] = evaluations
         f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
 
 
 def read_checkpoint(path):
-    """(theta, history, evaluations, fingerprint) of a checkpoint file."""
+    """(optimizer state dict, history, fingerprint) of a checkpoint file."""
     with open_input(path, "checkpoint") as f:
         try:
             return (
-                f["theta"][()],
+                {name: ds[()] for name, ds in f["optimizer"].items()},
                 f["history"][()],
-                int(f.attrs["evaluations"]),
                 json.loads(f.attrs["fingerprint"]),
             )
         except (KeyError, ValueError) as err:
@@ -351,3 +352,11 @@ def read_model(path):
         if missing:
             raise SaeError(f"{path}: missing datasets {', '.join(missing)}")
         return {k: f[k][()] for k in ("W1", "W2", "b1", "b2")}, dict(f.attrs)
+
+
+def read_history(path):
+    """(history (iterations, 3): cost, grad_norm, seconds; attributes dict) from a model file."""
+    with open_input(path, "model") as f:
+        if "history" not in f:
+            raise SaeError(f"{path}: missing dataset history")
+        return f["history"][()].reshape(-1, 3), dict(f.attrs)

@@ -1,0 +1,16 @@
+rule training_curve:
+    input:
+        "results/model.h5",
+    output:
+        report(
+            "results/training.png",
+            caption="../report/training.rst",
+            category="Training",
+            labels=training_labels,
+        ),
+    log:
+        "results/logs/training_curve.log",
+    conda:
+        "../envs/sae.yaml"
+    shell:
+        logged(f"python {script('plot_training.py')}" " -- {input:q} {output:q}")

@@ -1,0 +1,106 @@
+"""The training curve: cost and gradient norm against iteration, from model.h5's history.
+
+Row i of the history is iteration i + 1 (columns cost, grad_norm, seconds). A
+resumed run's history holds the iterations before the resume too; the model's
+attribute ``resumed_from`` names the iteration the last resume started after
+(0: not resumed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import SaeError
+from .h5io import atomic_path
+
+DPI = 150
+
+
+def summary(history: np.ndarray, attrs: dict) -> dict:
+    """The numbers a figure or report states about one training run."""
+    if len(history) == 0:
+        raise SaeError("the model's history is empty: no iteration to draw")
+    return {
+        "cost": float(attrs["cost"]),
+        "first_cost": float(history[0, 0]),
+        "grad_norm": float(history[-1, 1]),
+        "iterations": int(attrs["iterations"]),
+        "max_iterations": int(attrs.get("max_iterations", attrs["iterations"])),
+        "evaluations": int(attrs["evaluations"]),
+        "ranks": int(attrs["ranks"]),
+        "loop_seconds": float(attrs["train_seconds"]),
+        "resumed_from": int(attrs.get("resumed_from", 0)),
+    }
+
+
+def describe(s: dict) -> str:
+    """One line: final cost, iterations, evaluations, ranks, loop seconds, and the resume if any."""
+    text = (
+        f"final cost {s['cost']:.6f} after {s['iterations']} iterations, {s['evaluations']} evaluations; "
+        f"{s['ranks']} rank{'s' if s['ranks'] != 1 else ''}, loop {s['loop_seconds']:.2f} s"
+    )
+    if s["resumed_from"]:
+        text += f" (since the resume after iteration {s['resumed_from']})"
+    return text
+
+
+def plot(history: np.ndarray, s: dict, path) -> None:
+    """training.png: cost (top) and gradient norm (bottom) on log scales against iteration.
+
+    An inset draws the cost after the first 5% of the iterations on a linear
+    scale. A resumed run has a dashed line after the iteration it resumed from;
+    the title is describe(s).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iteration = np.arange(1, len(history) + 1)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 5.6), sharex=True)
+    top.plot(iteration, history[:, 0], color="#4C72B0", lw=1.6)
+    top.plot(iteration[-1], history[-1, 0], "o", color="#4C72B0", ms=5)
+    top.annotate(
+        f"{s['cost']:.4f}",
+        (iteration[-1], history[-1, 0]),
+        textcoords="offset points",
+        xytext=(0, 8),
+        ha="right",
+        fontsize=9,
+    )
+    top.set_ylabel("cost J")
+    first = len(history) // 20  # the slow descent after the first drop, on a linear scale
+    if len(history) >= 40:
+        inset = top.inset_axes((0.4, 0.36, 0.58, 0.5))
+        inset.plot(iteration[first:], history[first:, 0], color="#4C72B0", lw=1.2)
+        inset.tick_params(labelsize=7.5)
+        inset.set_title(f"from iteration {first + 1}, linear scale", fontsize=8)
+        inset.grid(True, alpha=0.3)
+        if s["resumed_from"] > first:
+            inset.axvline(s["resumed_from"] + 0.5, color="0.3", ls="--", lw=1.0)
+    bottom.plot(iteration, history[:, 1], color="#DD8452", lw=1.2)
+    bottom.set_ylabel("gradient norm |∇J|")
+    bottom.set_xlabel("L-BFGS iteration")
+    for ax in (top, bottom):
+        ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        if s["resumed_from"]:
+            ax.axvline(s["resumed_from"] + 0.5, color="0.3", ls="--", lw=1.1)
+    if s["resumed_from"]:
+        bottom.text(
+            s["resumed_from"] + 0.5,
+            0.97,
+            f" resumed from iteration {s['resumed_from']}",
+            transform=bottom.get_xaxis_transform(),
+            va="top",
+            fontsize=9,
+            color="0.3",
+        )
+    top.set_xlim(0, max(len(history), 1) + 1)
+    fig.suptitle("Training: cost and gradient norm per iteration", fontsize=12)
+    top.set_title(describe(s).replace("; ", "\n"), fontsize=8.5, color="0.25")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)

@@ -79,11 +79,10 @@ def gemm_peak(dtype) -> float:
 
 def make_patches(path: Path, count: int) -> np.ndarray:
     """Whitened sample-image patches, normalized, written as the workflow would."""
-    imgs, _, _ = images.load("sample", whiten=True)
-    data = patches.sample(imgs, count, 8, seed=0)
-    sigma = patches.normalize(data)
-    h5io.write_patches(path, data, {"seed": 0, "side": 8, "count": count, "sigma": sigma})
-    return data.astype(np.float32)
+    imgs = [img for img, _, _ in images.load("sample", whiten=True)]
+    data, sigma = patches.sample(imgs, count, 8, seed=0)
+    h5io.write_patches(path, count, 64, [data], {"seed": 0, "side": 8, "count": count, "sigma": sigma})
+    return data
 
 
 def kernel_table(x_all, sizes, block_size):

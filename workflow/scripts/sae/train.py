@@ -13,16 +13,15 @@ import contextlib
 import hashlib
 import logging
 import os
-import resource
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import SaeError, h5io, lbfgs
-from .cli import FLUSH_SECONDS
+from . import SaeError, cli, h5io, lbfgs
 from .objective import initial_theta, to_blocks, unpack
 from .parallel import DistributedObjective, agree, describe_hosts, gather_hosts, gather_seconds, shard
 
@@ -55,25 +54,52 @@ class Job:
 class StreamedShard:
     """A shard larger than the memory cap: read from HDF5 piece by piece at every pass.
 
-    Iterating yields arrays of blocks as objective.to_blocks does, from one
-    reused buffer, so a rank holds one piece at a time.
+    Iterating yields arrays of blocks as objective.to_blocks does. Two pieces of
+    at most half the cap each take turns: a reader thread reads the next piece
+    from HDF5 and lays it out as blocks while the caller computes on the current
+    one (h5py and numpy's copies release the GIL). The first pass checks every
+    chunk's checksum; later passes re-read the same chunks as stored (h5io.PatchRows.reread).
     """
 
     def __init__(self, rows: h5io.PatchRows, first: int, stop: int, block_size: int, dtype, cap_bytes):
         width = rows.width
         per_row = (width + 1) * np.dtype(dtype).itemsize + width * rows.itemsize
-        blocks = max(1, int(cap_bytes // (per_row * block_size)))
+        blocks = max(1, int(cap_bytes / 2 // (per_row * block_size)))
         self.rows, self.first, self.stop, self.block_size, self.dtype = rows, first, stop, block_size, dtype
         self.piece = blocks * block_size
-        self.raw = np.empty((self.piece, width), dtype=rows.dtype)
-        self.blocks = np.empty((blocks, width + 1, block_size), dtype=dtype)
+        self.buffers = [  # (rows as read, the same rows as blocks)
+            (np.empty((self.piece, width), rows.dtype), np.empty((blocks, width + 1, block_size), dtype))
+            for _ in range(2)
+        ]
+        # Pieces end on multiples of ``step``: whole HDF5 chunks when a piece holds one, so that
+        # no chunk is read twice in a pass; whole blocks in any case (first is a block's first row).
+        chunk = rows.chunk_rows if rows.chunk_rows and rows.chunk_rows % block_size == 0 else block_size
+        step = self.piece // chunk * chunk or self.piece
+        cuts = list(range(-(-(first + 1) // step) * step, stop, step))
+        self.pieces = list(zip([first, *cuts], [*cuts, stop], strict=True))
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
+        self.ahead, self.turn = None, 0  # (index, future) of the piece being read into buffers[turn]
+        self.checked = False  # the first pass checks the checksums; later ones skip them
+
+    def _load(self, piece: tuple[int, int], buffer, checked: bool) -> list:
+        raw, blocks = buffer
+        raw = self.rows.reread(*piece, raw) if checked else self.rows.read(*piece, raw)
+        return to_blocks(raw, self.block_size, self.dtype, out=blocks[: len(raw) // self.block_size])
+
+    def _read_ahead(self, i: int) -> None:
+        self.turn = 1 - self.turn  # the buffer the caller is not using
+        future = self.reader.submit(self._load, self.pieces[i], self.buffers[self.turn], self.checked)
+        self.ahead = (i, future)
 
     def __iter__(self):
-        for a in range(self.first, self.stop, self.piece):
-            raw = self.rows.read(a, min(a + self.piece, self.stop), out=self.raw)
-            yield from to_blocks(
-                raw, self.block_size, self.dtype, out=self.blocks[: len(raw) // self.block_size]
-            )
+        count = len(self.pieces)
+        if self.ahead is None or self.ahead[0] != 0:  # first pass, or the last one stopped early
+            self._read_ahead(0)
+        for i in range(count):
+            ready = self.ahead[1].result()  # the reader's errors are raised here
+            self.checked |= i + 1 == count  # every row read and checked once
+            self._read_ahead((i + 1) % count)  # after the last: the next pass's first
+            yield from ready
 
 
 def load_shard(comm, job: Job, block_size: int, dtype=np.float64):
@@ -97,7 +123,10 @@ def load_shard(comm, job: Job, block_size: int, dtype=np.float64):
     v = job.side * job.side
     rows = h5io.PatchRows(job.patches)
     if job.memory_mb is not None and (stop - first) * (v + 1) * dtype.itemsize > job.memory_mb * 2**20:
-        return StreamedShard(rows, first, stop, block_size, dtype, job.memory_mb * 2**20), n_total
+        streamed = StreamedShard(rows, first, stop, block_size, dtype, job.memory_mb * 2**20)
+        for _ in streamed:  # read once: damaged rows are an error here, agreed by all ranks
+            pass
+        return streamed, n_total
     with rows:
         full = np.empty(((stop - first) // block_size, v + 1, block_size), dtype=dtype)
         blocks, done = [full], 0
@@ -281,7 +310,7 @@ class ProgressLines:
 
     def add(self, line: str) -> None:
         self.lines.append(line)
-        if time.monotonic() - self.logged >= FLUSH_SECONDS:
+        if time.monotonic() - self.logged >= cli.FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -339,7 +368,7 @@ def save_checkpoint(training: Training, job: Job) -> bool:
 
 def gather_timings(comm, objective, load_seconds: float, loop_seconds: float) -> dict | None:
     """Rank 0: the model file's timing and memory attributes, over all ranks (None elsewhere)."""
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak_rss_mb = cli.peak_rss_mb()
     seconds = gather_seconds(
         comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
     )  # columns: h5io.RANK_TIMINGS, then peak RSS

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py            # full (a few minutes on 2 cores)
     python benchmarks/bench_training.py --quick    # smaller sizes, for a smoke test
+    python benchmarks/bench_training.py --only step,memory,mpi   # some tables only
 
 Every ratio compares numbers measured in this same run on this machine:
 1. per-evaluation time, one rank, against a whole-batch float64 transcription of
@@ -9,7 +10,11 @@ Every ratio compares numbers measured in this same run on this machine:
 2. effective rate (16 kFLOP per patch per evaluation) against the single-core
    GEMM peak measured here in the same precision;
 3. per-patch cost against N;
-4. two ranks against one: optimization-loop speedup and communication share;
+4. two ranks against one: optimization-loop speedup and communication share,
+   at hidden 25 and 100;
+7. rank 0's serial step per evaluation (gradient assembly and optimizer) of
+   sae.lbfgs against scipy's L-BFGS-B, at hidden 25 and 100 and two N, and the
+   final cost and step time of sae.lbfgs for several memories m;
 5. `snakemake --cores 2 results/filters.png` from an empty results/;
 6. peak RSS per rank against the shard's bytes;
 and training streamed from HDF5 (train.memory_mb below the shard) against in memory,
@@ -36,14 +41,17 @@ import time  # noqa: E402
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
 
-from sae import h5io, images, objective, patches  # noqa: E402
+from sae import h5io, images, lbfgs, objective, patches  # noqa: E402
 from sae.sweep import scaling  # noqa: E402
+from sae.train import OPTIMIZER_SETTINGS as OPTIMIZER  # noqa: E402
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
 V, H = 64, 25
 HYPER = (0.01, 1e-4, 3.0)
 BIN = Path(sys.executable).parent
+TABLES = ("kernel", "step", "memory", "mpi", "precision", "streaming", "workflow")
 
 
 def best_seconds(fn, min_seconds=0.5, repeats=3):
@@ -71,11 +79,10 @@ def gemm_peak(dtype) -> float:
 
 def make_patches(path: Path, count: int) -> np.ndarray:
     """Whitened sample-image patches, normalized, written as the workflow would."""
-    imgs, _, _ = images.load("sample", whiten=True)
-    data = patches.sample(imgs, count, 8, seed=0)
-    sigma = patches.normalize(data)
-    h5io.write_patches(path, data, {"seed": 0, "side": 8, "count": count, "sigma": sigma})
-    return data.astype(np.float32)
+    imgs = [img for img, _, _ in images.load("sample", whiten=True)]
+    data, sigma = patches.sample(imgs, count, 8, seed=0)
+    h5io.write_patches(path, count, 64, [data], {"seed": 0, "side": 8, "count": count, "sigma": sigma})
+    return data
 
 
 def kernel_table(x_all, sizes, block_size):
@@ -129,10 +136,10 @@ def extra_product_share(x, block_size, eval_seconds):
           f"of a float32 evaluation at N = {len(x)}.")  # fmt: skip
 
 
-def train(ranks, patches_path, out, iterations, precision, samples=None, extra=()):
+def train(ranks, patches_path, out, iterations, precision, samples=None, extra=(), hidden=H):
     mpiexec = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     cmd = [mpiexec, "-n", str(ranks), sys.executable, str(REPO / "workflow/scripts/train_model.py"),
-           str(patches_path), str(out), "--side", "8", "--hidden", str(H), "--rho", "0.01",
+           str(patches_path), str(out), "--side", "8", "--hidden", str(hidden), "--rho", "0.01",
            "--lambda", "1e-4", "--beta", "3", "--iterations", str(iterations), "--seed", "0",
            "--block-size", "128", "--precision", precision]  # fmt: skip
     if samples:
@@ -143,24 +150,28 @@ def train(ranks, patches_path, out, iterations, precision, samples=None, extra=(
         return dict(f.attrs)
 
 
-def mpi_table(patches_path, sizes, iterations, repeats):
+def mpi_table(patches_path, points, iterations, repeats):
     """One rank against two, ``repeats`` runs of each, alternating; medians are compared.
 
     On a 2-core machine two ranks take every core, so anything else that runs
     (the launcher, the OS) delays them and not one rank: single runs vary by
     a few percent, as much as the effects measured here. Where two ranks'
     loop goes is split as the sweep's breakdown does (sae.sweep.scaling.breakdown).
+    points: (hidden units, N) pairs.
     """
-    print("\n| N | loop s, 1 rank | loop s, 2 ranks | speedup: medians (best runs; range over pairs) "
+    print("\n| hidden | N | loop s, 1 rank | loop s, 2 ranks "
+          "| speedup: medians (best runs; range over pairs) "
           "| 2 ranks, share of loop: compute / imbalance / communication / optimizer step "
           "| peak RSS per rank, MB (shard MB) |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
+        for hidden, n in points:
             runs = []
             for repeat in range(repeats):
                 for ranks in (1, 2):
-                    attrs = train(ranks, patches_path, Path(tmp) / "m.h5", iterations, "float32", n)
+                    attrs = train(
+                        ranks, patches_path, Path(tmp) / "m.h5", iterations, "float32", n, hidden=hidden
+                    )
                     runs.append({**attrs, "repeat": repeat})
             assert len({a["evaluations"] for a in runs}) == 1
             loop = {r: [a["loop_seconds_max"] for a in runs if a["ranks"] == r] for r in (1, 2)}
@@ -171,13 +182,100 @@ def mpi_table(patches_path, sizes, iterations, repeats):
             rss = {r: max(a["peak_rss_mb_max"] for a in runs if a["ranks"] == r) for r in (1, 2)}
             shard = {a["ranks"]: a["shard_mb_max"] for a in runs}
             best = min(loop[1]) / min(loop[2])
-            print(f"| {n} | {median[1]:.2f} | {median[2]:.2f} | {median[1] / median[2]:.2f}x "
+            print(f"| {hidden} | {n} | {median[1]:.2f} | {median[2]:.2f} | {median[1] / median[2]:.2f}x "
                   f"({best:.2f}x; {min(pairs):.2f}-{max(pairs):.2f}) | {shares} "
                   f"| 1 rank: {rss[1]:.0f} ({shard[1]:.1f}); "
                   f"2 ranks: {rss[2]:.0f} ({shard[2]:.1f}) |")  # fmt: skip
     print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks; "
           f"median of {repeats} runs each, alternating. Communication: the slowest rank's loop "
           "outside compute and rank 0's optimizer step, i.e. collectives on the critical path.)")  # fmt: skip
+
+
+def serial_step(x, hidden, evaluations, optimizer, skip=15):
+    """Rank 0's serial time per evaluation: from the end of the compute to the next evaluation.
+
+    That is gradient assembly (objective.finish) and the optimizer step: scipy's
+    L-BFGS-B through ``minimize`` (optimizer "scipy", what training used before
+    sae.lbfgs), or sae.lbfgs.LBFGS with the settings ``optimizer`` (a dict). The
+    real kernel runs between steps, one process, and evicts the optimizer's
+    data from cache as in training. Medians over evaluations after the first
+    ``skip`` (by then the memory is full). Returns (finish, optimizer step,
+    serial in all) in seconds, and the final cost.
+    """
+    n = len(x)
+    kernel = objective.BlockKernel(V, hidden, 128, np.float32)
+    blocks = objective.to_blocks(x, 128, np.float32)
+    units = np.zeros(kernel.sums.size)
+    grad = np.empty(objective.n_params(V, hidden))
+    xmax = float(np.abs(x).max())
+    marks = []  # (start of compute, end of compute, end of finish) per evaluation
+
+    def fun(theta):
+        start = time.perf_counter()
+        step = kernel.set_params(theta, n, xmax)
+        units[:] = 0
+        for b in blocks:
+            kernel.accumulate(b, units)
+        computed = time.perf_counter()
+        cost, g = objective.finish(units, step, theta, n, V, hidden, *HYPER, out=grad)
+        if optimizer == "scipy":
+            g = g.copy()  # scipy keeps it; training before sae.lbfgs made a new one per evaluation
+        marks.append((start, computed, time.perf_counter()))
+        return cost, g
+
+    theta0 = objective.initial_theta(V, hidden, np.random.default_rng(0))
+    if optimizer == "scipy":
+        cost = minimize(
+            fun, theta0, jac=True, method="L-BFGS-B", options={"maxfun": evaluations, "maxiter": 10**6}
+        ).fun
+    else:
+        opt = lbfgs.LBFGS(theta0, **optimizer)
+        while opt.evaluations < evaluations and not opt.stopped:
+            opt.tell(*fun(opt.point))
+        cost = opt.f
+    marks = np.array(marks)
+    finish = marks[skip:-1, 2] - marks[skip:-1, 1]
+    serial = marks[skip + 1 :, 0] - marks[skip:-1, 1]
+    return np.median(finish), np.median(serial - finish), np.median(serial), cost
+
+
+def step_table(x_all, sizes, hiddens, evaluations, repeats):
+    """Rank 0's serial step per evaluation, scipy's L-BFGS-B against sae.lbfgs as trained, alternating."""
+    print("\n| hidden | N | scipy L-BFGS-B: finish / optimizer / serial µs "
+          "| sae.lbfgs: finish / optimizer / serial µs | serial, sae.lbfgs / scipy |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    serial = {}
+    for hidden in hiddens:
+        for n in sizes:
+            runs = {"scipy": [], "lbfgs": []}
+            for _ in range(repeats):
+                runs["scipy"].append(serial_step(x_all[:n], hidden, evaluations(n), "scipy")[:3])
+                runs["lbfgs"].append(serial_step(x_all[:n], hidden, evaluations(n), OPTIMIZER)[:3])
+            best = {k: np.min(np.array(v), axis=0) * 1e6 for k, v in runs.items()}  # fastest of the repeats
+            serial[hidden, n] = best["lbfgs"][2]
+            cells = " | ".join(" / ".join(f"{t:.0f}" for t in best[k]) for k in ("scipy", "lbfgs"))
+            print(f"| {hidden} | {n} | {cells} | {best['lbfgs'][2] / best['scipy'][2]:.2f} |")
+    growth = ", ".join(f"hidden {h}: {serial[h, sizes[-1]] / serial[h, sizes[0]]:.2f}x" for h in hiddens)
+    print(f"\n(One process, the float32 kernel between steps; medians over evaluations 16 on, the fastest "
+          f"of {repeats} runs each, alternating.) Growth of sae.lbfgs's serial step from N = {sizes[0]} "
+          f"to {sizes[-1]}: {growth}.")  # fmt: skip
+
+
+def variants_table(x, hiddens, iterations_evaluations):
+    """The memory m (pairs kept): final cost and serial step, against scipy's L-BFGS-B."""
+    variants = [("scipy L-BFGS-B, m = 10", "scipy")] + [
+        (f"sae.lbfgs, m = {m}", {"memory": m}) for m in (10, 5, 3)
+    ]
+    columns = " | ".join(f"hidden {h}: final cost, serial µs per evaluation" for h in hiddens)
+    print(f"\n| optimizer (N = {len(x)}, {iterations_evaluations} evaluations) | {columns} |")
+    print("|---|" + "---|" * len(hiddens))
+    for name, optimizer in variants:
+        cells = []
+        for h in hiddens:
+            _, _, serial, cost = serial_step(x, h, iterations_evaluations, optimizer)
+            cells.append(f"{cost:.6f}, {serial * 1e6:.0f}")
+        chosen = " (chosen)" if optimizer == OPTIMIZER else ""
+        print(f"| {name}{chosen} | " + " | ".join(cells) + " |")
 
 
 def streaming_table(patches_path, n, iterations, cap_mb=4):
@@ -238,18 +336,39 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated tables to run, of {','.join(TABLES)} (default: all)",
+        default=",".join(TABLES),
+    )
     args = parser.parse_args()
+    tables = set(args.only.split(","))
     sizes = [2000, 8000] if args.quick else [10000, 40000, 160000]
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"numpy {np.__version__}; one BLAS thread per process.")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         patches_path = Path(tmp) / "patches.h5"
         x_all = make_patches(patches_path, sizes[-1])
-        kernel_table(x_all, sizes, block_size=128)
-        mpi_table(patches_path, sizes, iterations=20 if args.quick else 100, repeats=2 if args.quick else 5)
-        precision_table(patches_path, sizes[0])
-        streaming_table(patches_path, sizes[-1], iterations=20 if args.quick else 50)
-    workflow_seconds()
+        if "kernel" in tables:
+            kernel_table(x_all, sizes, block_size=128)
+        if "step" in tables:
+            evaluations = 30 if args.quick else 100
+            step_table(
+                x_all, sizes[:: len(sizes) - 1], (25, 100), lambda n: evaluations, 1 if args.quick else 2
+            )
+        if "memory" in tables:
+            variants_table(x_all[: sizes[0]], (25, 100), 60 if args.quick else 415)
+        if "mpi" in tables:
+            points = [(H, n) for n in sizes] + [(100, sizes[0])]
+            mpi_table(
+                patches_path, points, iterations=20 if args.quick else 100, repeats=2 if args.quick else 5
+            )
+        if "precision" in tables:
+            precision_table(patches_path, sizes[0])
+        if "streaming" in tables:
+            streaming_table(patches_path, sizes[-1], iterations=20 if args.quick else 50)
+    if "workflow" in tables:
+        workflow_seconds()
 
 
 if __name__ == "__main__":

@@ -91,9 +91,10 @@ def smooth_images(count=3, size=64, seed=0):
 
 def make_patches_file(path, count, side=8, seed=0):
     """A real patches.h5 sampled from small synthetic images."""
-    data = patches.sample(smooth_images(), count, side, seed)
-    sigma = patches.normalize(data)
-    h5io.write_patches(path, data, {"seed": seed, "side": side, "count": count, "sigma": sigma})
+    imgs = smooth_images()
+    sigma = patches.sigma(imgs, count, side, seed)
+    attrs = {"seed": seed, "side": side, "count": count, "sigma": sigma}
+    h5io.write_patches(path, count, side * side, patches.pieces(imgs, count, side, seed, sigma), attrs)
     return path
 
 

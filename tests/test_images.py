@@ -6,11 +6,11 @@ import scipy.io
 from skimage.io import imsave
 
 from conftest import smooth_images
-from sae import SaeError, h5io, images
+from sae import SaeError, h5io, images, patches
 
 
 def test_sample_images_are_ten_512_grayscale_photographs():
-    imgs, names, digests = images.sample_images()
+    imgs, names, digests = zip(*images.sample_images(), strict=True)
     assert len(imgs) == 10 and len(set(names)) == 10
     assert all(img.shape == (512, 512) and img.dtype == np.float64 for img in imgs)
     assert all(len(d) == 64 for d in digests)
@@ -47,14 +47,17 @@ def test_reads_png_rgb_npy_stack_and_mat(tmp_path):
     np.save(tmp_path / "s.npy", stack)
     scipy.io.savemat(tmp_path / "IMAGES.mat", {"IMAGES": stack})
 
-    imgs, names, digests = images.load_files(
-        [
-            tmp_path / "g.png",
-            tmp_path / "c.jpg",
-            tmp_path / "s.npy",
-            tmp_path / "IMAGES.mat",
-            tmp_path / "t.tif",
-        ]
+    imgs, names, digests = zip(
+        *images.load_files(
+            [
+                tmp_path / "g.png",
+                tmp_path / "c.jpg",
+                tmp_path / "s.npy",
+                tmp_path / "IMAGES.mat",
+                tmp_path / "t.tif",
+            ]
+        ),
+        strict=True,
     )
     assert [img.shape for img in imgs] == [(40, 30), (40, 30)] + [(32, 32)] * 6 + [(40, 30)]
     np.testing.assert_allclose(imgs[8], gray / 255)
@@ -66,10 +69,33 @@ def test_reads_png_rgb_npy_stack_and_mat(tmp_path):
 
 def test_h5_roundtrip_keeps_names_and_digests(tmp_path):
     imgs = smooth_images(2, 16)
-    h5io.write_images(tmp_path / "i.h5", imgs, ["a", "b"], ["0" * 64, "1" * 64], True, 0.1)
-    back, names, digests = h5io.read_images(tmp_path / "i.h5")
-    assert names == ["a", "b"] and digests == ["0" * 64, "1" * 64]
-    np.testing.assert_array_equal(back[1], imgs[1])
+    triples = zip(imgs, ["a", "b"], ["0" * 64, "1" * 64], strict=True)
+    assert h5io.write_images(tmp_path / "i.h5", triples, True, 0.1) == 2
+    with h5io.ImagesFile(tmp_path / "i.h5") as back:
+        assert back.names == ["a", "b"] and back.digests == ["0" * 64, "1" * 64]
+        assert back.shapes == [(16, 16), (16, 16)] and len(back) == 2
+        np.testing.assert_array_equal(back[1], imgs[1])
+
+
+def test_images_are_read_and_whitened_one_at_a_time(tmp_path):
+    """load yields each image as it is read: a bad file late in the list fails only when reached."""
+    np.save(tmp_path / "a.npy", smooth_images(1, 32)[0])
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    loaded = images.load([tmp_path / "a.npy", tmp_path / "b.png"], whiten=True)
+    img, name, _ = next(loaded)
+    assert name.endswith("a.npy") and img.var() == pytest.approx(images.VARIANCE)
+    with pytest.raises(SaeError, match=r"b\.png: cannot read image"):
+        next(loaded)
+
+
+def test_a_truncated_images_file_is_one_clear_error(tmp_path):
+    h5io.write_images(tmp_path / "i.h5", ((img, "x", "0" * 64) for img in smooth_images(3, 256)), True, 0.1)
+    data = (tmp_path / "i.h5").read_bytes()
+    (tmp_path / "i.h5").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(SaeError) as err:
+        with h5io.ImagesFile(tmp_path / "i.h5") as imgs:
+            patches.sample(imgs, 100, 8, 0)
+    assert str(tmp_path / "i.h5") in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +110,7 @@ def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
     path = tmp_path / "bad.png"
     make(path)
     with pytest.raises(SaeError, match=message) as err:
-        images.load([path], whiten=True)
+        list(images.load([path], whiten=True))
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
@@ -99,4 +125,4 @@ def test_missing_or_corrupt_file_is_one_line_error(tmp_path, make, message):
 def test_bad_pixels_are_refused(tmp_path, pixels, message):
     np.save(tmp_path / "x.npy", pixels)
     with pytest.raises(SaeError, match=message):
-        images.load([tmp_path / "x.npy"], whiten=False)
+        list(images.load([tmp_path / "x.npy"], whiten=False))

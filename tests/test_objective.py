@@ -10,9 +10,7 @@ RHO, LAM, BETA = 0.01, 1e-4, 3.0
 
 
 def data(n, side=8, seed=0):
-    x = patches.sample(smooth_images(), n, side, seed)
-    patches.normalize(x)
-    return x
+    return patches.sample(smooth_images(), n, side, seed)[0].astype(np.float64)
 
 
 def random_theta(v, h, seed=1):

@@ -459,3 +459,10 @@ def test_report_after_the_sweep_holds_its_figures_and_tables_with_their_numbers(
         labels.model(out / "model.json")["measured"],
     ):
         assert json.dumps(text)[1:-1] in page, text  # in a caption, as the report's JSON holds it
+
+
+def test_a_run_of_the_default_target_after_the_sweep_plans_no_sweep_job(tiny_sweep):
+    """Only a report asks for the sweep's outputs: a run builds the filters and the curve."""
+    folder, _ = tiny_sweep
+    out = snakemake(folder, "-s", REPO / "Snakefile", "-n", "--forceall", "--configfile", "tiny.yaml").stdout
+    assert set(job_counts(out)) == {"images", "patches", "train", "filters", "training_curve", "all"}

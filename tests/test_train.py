@@ -116,7 +116,7 @@ def test_samples_trains_on_the_first_rows_only(tmp_path, patches_1001):
     """--samples N on a larger file = training on a file of exactly those N rows."""
     with h5py.File(patches_1001) as f:
         first = f["patches"][:600]
-    h5io.write_patches(tmp_path / "first.h5", first, {})
+    h5io.write_patches(tmp_path / "first.h5", 600, 64, [first], {})
     mpirun(2, *train_args(patches_1001, tmp_path / "a.h5", iterations=5), "--samples", 600)
     mpirun(1, *train_args(tmp_path / "first.h5", tmp_path / "b.h5", iterations=5))
     a, attrs = read(tmp_path / "a.h5")

@@ -25,6 +25,7 @@ PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "h5io.py",
     "images.py",
     "labels.py",
+    "lbfgs.py",
     "objective.py",
     "one_blas_thread.py",
     "parallel.py",

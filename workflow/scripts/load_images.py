@@ -1,4 +1,4 @@
-"""Rule images: load, check and whiten the source images into images.h5."""
+"""Rule images: load, check and whiten the source images into images.h5, one at a time."""
 
 import argparse
 
@@ -13,11 +13,17 @@ def body():
     parser.add_argument("--no-whiten", dest="whiten", action="store_false", help="already whitened")
     args = parser.parse_args()
     source = args.files or "sample"
-    imgs, names, digests = images.load(source, args.whiten)
-    h5io.write_images(args.out, imgs, names, digests, args.whiten, images.VARIANCE)
-    for img, name in zip(imgs, names, strict=True):
-        print(f"{name}: {img.shape[0]} x {img.shape[1]}")
-    print(f"wrote {len(imgs)} images to {args.out} (whitened: {args.whiten})")
+
+    def logged(loaded):
+        for img, name, digest in loaded:
+            print(f"{name}: {img.shape[0]} x {img.shape[1]}")
+            yield img, name, digest
+
+    count = h5io.write_images(
+        args.out, logged(images.load(source, args.whiten)), args.whiten, images.VARIANCE
+    )
+    peak = cli.peak_rss_mb()
+    print(f"wrote {count} images to {args.out} (whitened: {args.whiten}); peak RSS {peak:.0f} MB")
 
 
 cli.main(body)

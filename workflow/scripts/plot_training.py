@@ -6,6 +6,7 @@ from sae import cli, curve, h5io
 
 
 def body():
+    # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="model.h5 to read")
     parser.add_argument("out", help="PNG to write")

@@ -1,4 +1,4 @@
-"""Rule patches: sample and normalize patches from images.h5 into patches.h5."""
+"""Rule patches: sample and normalize patches from images.h5 into patches.h5, piece by piece."""
 
 import argparse
 
@@ -14,19 +14,22 @@ def body():
     parser.add_argument("--side", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args()
-    imgs, names, digests = h5io.read_images(args.images)
-    data = patches.sample(imgs, args.count, args.side, args.seed)
-    sigma = patches.normalize(data)
-    attrs = {
-        "seed": args.seed,
-        "side": args.side,
-        "count": args.count,
-        "sigma": sigma,
-        "sources": names,
-        "sha256": digests,
-    }
-    h5io.write_patches(args.out, data, attrs)
-    print(f"wrote {args.count} patches of {args.side}x{args.side} to {args.out} (sigma {sigma:.4g})")
+    with h5io.ImagesFile(args.images) as imgs:
+        sigma = patches.sigma(imgs, args.count, args.side, args.seed)
+        attrs = {
+            "seed": args.seed,
+            "side": args.side,
+            "count": args.count,
+            "sigma": sigma,
+            "sources": imgs.names,
+            "sha256": imgs.digests,
+        }
+        pieces = patches.pieces(imgs, args.count, args.side, args.seed, sigma)
+        h5io.write_patches(args.out, args.count, args.side**2, pieces, attrs)
+    print(
+        f"wrote {args.count} patches of {args.side}x{args.side} to {args.out} (sigma {sigma:.4g});"
+        f" peak RSS {cli.peak_rss_mb():.0f} MB"
+    )
 
 
 cli.main(body)

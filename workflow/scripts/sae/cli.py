@@ -10,6 +10,7 @@ as same-shape pairs; they stay on purpose).
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 import time
 
@@ -51,6 +52,11 @@ class BatchedStreamHandler(logging.StreamHandler):
             if lines:
                 self.stream.write("".join(lines))
             self.stream.flush()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def flush_logs() -> None:

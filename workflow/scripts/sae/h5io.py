@@ -9,26 +9,32 @@ patches.h5  dataset ``patches`` (N, side*side) float32, one row per patch, chunk
             by rows with a Fletcher-32 checksum per chunk (corruption is an
             error); attributes ``seed``, ``side``, ``count``, ``sigma``,
             ``sources``, ``sha256``.
-checkpoint  datasets ``theta`` and ``history``; attributes ``evaluations`` and
-            ``fingerprint`` (JSON: hyperparameters and data identity).
+checkpoint  group ``optimizer``: the optimizer's whole state, one dataset per
+            array or number (see lbfgs.LBFGS.state); dataset ``history``;
+            attribute ``fingerprint`` (JSON: hyperparameters, data identity,
+            optimizer and numpy versions).
 model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
             ``history`` (iterations, 3) with columns cost, grad_norm, seconds;
             attributes ``cost``, ``iterations``, ``evaluations``, ``ranks``,
             ``train_seconds``, every hyperparameter, and the timings named by
             TIMING_ATTRS (written by training, read by the sweep).
 
-Every file is assembled in memory, written under a temporary name in the same
-folder and renamed when complete, so a reader never sees a half-written file
-and a full disk leaves the earlier file in place.
+Every file is written straight to disk (never assembled in memory, so files larger
+than memory work) under a temporary name in the same folder, and renamed when
+complete: a reader never sees a half-written file. A disk without room for the data
+is refused before writing; any failure while writing (a disk that fills up anyway)
+removes the temporary file, so the earlier file stays in place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import errno
 import json
 import os
 import re
+import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import h5py
@@ -66,6 +72,9 @@ def rank_timing_attrs(per_rank: np.ndarray) -> dict:
     }
 
 
+SLACK = 16 * 1024  # bytes reserved beyond a file's data for HDF5's own structures, plus 1/32
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
@@ -82,21 +91,55 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
-def new_file(path):
-    """An HDF5 file built in memory, then written to ``path`` atomically.
+def new_file(path, nbytes: int):
+    """An HDF5 file written to disk under a temporary name (``atomic_path``).
 
-    Only plain file writes touch the disk, so a full disk is a clean OSError
-    (HDF5 itself does not survive running out of space mid-write).
+    nbytes: the bytes of data and attributes it will hold. HDF5 does not survive a
+    failed write (closing the file afterwards crashes the process), so the disk space
+    is reserved before HDF5 writes anything (``reserve``): a full disk is an error
+    then, before the file is touched. Any failure is one SaeError naming ``path``;
+    the temporary file is removed and an earlier ``path`` is left as it was.
     """
-    image = io.BytesIO()
-    with h5py.File(image, "w") as f:
-        yield f
     with atomic_path(path) as tmp:
-        tmp.write_bytes(image.getbuffer())
+        free = shutil.disk_usage(tmp.parent).free
+        if _reserved(nbytes) > free:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MB free)")
+        try:
+            with h5py.File(tmp, "w") as f:
+                reserve(f, nbytes)
+                yield f
+                f.flush()
+                size = f.id.get_filesize()
+        except RuntimeError as err:  # HDF5's own write errors
+            raise OSError(_first_line(err)) from None
+        os.truncate(tmp, size)  # the unused part of the reservation
+
+
+def _reserved(nbytes: int) -> int:
+    return nbytes + nbytes // 32 + SLACK
+
+
+def reserve(f: h5py.File, nbytes: int) -> None:
+    """Allocate disk space for the first ``nbytes`` of data of file ``f`` (plus slack) now.
+
+    A file written as it goes (images.h5) reserves again before each addition.
+    """
+    fd = os.open(f.filename, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, _reserved(nbytes))
+    finally:
+        os.close(fd)
+
+
+def attrs_bytes(attrs: dict) -> int:
+    """An upper bound of the bytes of a dict of HDF5 attributes."""
+    return sum(np.asarray(value).nbytes + 128 for value in attrs.values())
 
 
 def _first_line(err: Exception) -> str:
     """The system's own message in an HDF5 error, else the error's first line."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
     text = str(err)
     system = re.search(r"error message = '([^']*)'", text)
     if system:
@@ -114,34 +157,87 @@ def open_input(path, kind: str) -> h5py.File:
         raise SaeError(f"{path}: not a readable HDF5 {kind} file ({_first_line(err)})") from None
 
 
-def write_images(path, images, names, digests, whitened: bool, variance: float) -> None:
-    with new_file(path) as f:
+def write_images(path, images, whitened: bool, variance: float) -> int:
+    """Write (image, name, sha256) triples as they come, one image in memory at a time.
+
+    Returns the number of images written.
+    """
+    with new_file(path, 0) as f:
         f.attrs["whitened"] = whitened
         f.attrs["variance"] = variance
         group = f.create_group("images")
-        for i, (img, name, digest) in enumerate(zip(images, names, digests, strict=True)):
-            ds = group.create_dataset(f"{i:03d}", data=img)
+        count = nbytes = 0
+        for count, (img, name, digest) in enumerate(images, start=1):
+            nbytes += img.nbytes + attrs_bytes({"name": name, "sha256": digest}) + 1024
+            reserve(f, nbytes)
+            ds = group.create_dataset(f"{count - 1:03d}", data=img)
             ds.attrs["name"] = name
             ds.attrs["sha256"] = digest
+    return count
 
 
-def read_images(path):
-    """(images, names, digests) from an images.h5 file."""
-    with open_input(path, "images") as f:
-        if "images" not in f or not len(f["images"]):
+class _InputFile:
+    """An input kept open in ``self.file``; closed by ``close`` or at the end of a with block."""
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ImagesFile(_InputFile):
+    """The images of an images.h5 file, read as they are needed.
+
+    ``shapes``, ``names`` and ``digests`` come from the metadata; ``images[k]`` reads
+    image k, keeping recently read images up to ``cache_mb`` in memory.
+    """
+
+    def __init__(self, path, cache_mb: float = 256):
+        self.path = path
+        self.file = open_input(path, "images")
+        if "images" not in self.file or not len(self.file["images"]):
+            self.file.close()
             raise SaeError(f"{path}: no images in group 'images'")
-        datasets = [f["images"][key] for key in sorted(f["images"])]
-        return (
-            [ds[()] for ds in datasets],
-            [str(ds.attrs["name"]) for ds in datasets],
-            [str(ds.attrs["sha256"]) for ds in datasets],
-        )
+        self.datasets = [self.file["images"][key] for key in sorted(self.file["images"])]
+        self.shapes = [ds.shape for ds in self.datasets]
+        self.names = [str(ds.attrs["name"]) for ds in self.datasets]
+        self.digests = [str(ds.attrs["sha256"]) for ds in self.datasets]
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.cache_bytes, self.budget = 0, cache_mb * 2**20
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k in self.cache:
+            self.cache.move_to_end(k)
+            return self.cache[k]
+        try:
+            img = self.datasets[k][()]
+        except (OSError, RuntimeError) as err:  # truncated or damaged
+            raise SaeError(f"{self.path}: cannot read image {self.names[k]} ({_first_line(err)})") from None
+        while self.cache and self.cache_bytes + img.nbytes > self.budget:
+            self.cache_bytes -= self.cache.popitem(last=False)[1].nbytes
+        self.cache[k] = img
+        self.cache_bytes += img.nbytes
+        return img
 
 
-def write_patches(path, patches: np.ndarray, attrs: dict) -> None:
-    with new_file(path) as f:
-        chunk = (min(len(patches), ROWS_PER_CHUNK), patches.shape[1])
-        f.create_dataset("patches", data=patches, dtype=np.float32, chunks=chunk, fletcher32=True)
+def write_patches(path, count: int, width: int, pieces, attrs: dict) -> None:
+    """Write ``count`` rows of ``width`` float32 values from ``pieces`` (arrays in row order)."""
+    with new_file(path, count * width * 4 + attrs_bytes(attrs)) as f:
+        chunk = (min(count, ROWS_PER_CHUNK), width)
+        ds = f.create_dataset("patches", (count, width), dtype=np.float32, chunks=chunk, fletcher32=True)
+        done = 0
+        for piece in pieces:
+            ds[done : done + len(piece)] = piece
+            done += len(piece)
+        if done != count:
+            raise SaeError(f"{path}: {done} patches written, {count} expected")
         f.attrs.update(attrs)
 
 
@@ -160,7 +256,7 @@ def patches_info(path, side: int):
         return ds.shape[0], dict(f.attrs)
 
 
-class PatchRows:
+class PatchRows(_InputFile):
     """Rows of a patches file, read as hyperslabs from a dataset kept open."""
 
     def __init__(self, path):
@@ -170,6 +266,13 @@ class PatchRows:
         self.width = self.dataset.shape[1]
         self.dtype = self.dataset.dtype
         self.itemsize = self.dtype.itemsize
+        ds = self.dataset
+        # The layout write_patches makes: row chunks of whole rows, a checksum and no other filter.
+        plain = ds.chunks is not None and ds.chunks[1] == self.width and ds.fletcher32
+        plain = plain and ds.compression is None and not ds.shuffle and ds.scaleoffset is None
+        self.chunk_rows = ds.chunks[0] if plain and self.dtype.isnative else None
+        if self.chunk_rows:
+            self.chunk = np.empty(self.chunk_rows * self.width * self.itemsize + 4, dtype=np.uint8)
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop), into out[: stop - start] if given."""
@@ -183,18 +286,34 @@ class PatchRows:
                 f"{self.path}: cannot read rows {start}-{stop}, damaged file ({_first_line(err)})"
             ) from None
 
-    def close(self) -> None:
-        self.file.close()
+    def reread(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows [start, stop) that ``read`` has checked before, into out[: stop - start].
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        The chunks are read as stored, past HDF5's filter pipeline, without checking
+        their checksums again: half the time of ``read``. Other layouts use ``read``.
+        """
+        if not self.chunk_rows or out.dtype != self.dtype:
+            return self.read(start, stop, out)
+        rows, done = self.chunk_rows, 0
+        stored = self.chunk[:-4].view(self.dtype).reshape(rows, self.width)  # then the checksum
+        try:
+            for c in range(start // rows, -(-stop // rows)):
+                mask, _ = self.dataset.id.read_direct_chunk((c * rows, 0), out=self.chunk)
+                if mask:  # a filter skipped for this chunk: not the plain layout
+                    return self.read(start, stop, out)
+                lo, hi = max(start, c * rows) - c * rows, min(stop, (c + 1) * rows) - c * rows
+                out[done : done + hi - lo] = stored[lo:hi]
+                done += hi - lo
+        except (OSError, RuntimeError, ValueError) as err:
+            raise SaeError(
+                f"{self.path}: cannot read rows {start}-{stop}, damaged file ({_first_line(err)})"
+            ) from None
+        return out[: stop - start]
 
 
 def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
-    with new_file(path) as f:
+    nbytes = sum(np.asarray(v).nbytes for v in params.values()) + history.nbytes + attrs_bytes(attrs)
+    with new_file(path, nbytes) as f:
         for name, value in params.items():
             f.create_dataset(name, data=value)
         hist = f.create_dataset("history", data=history)
@@ -202,25 +321,24 @@ def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
         f.attrs.update(attrs)
 
 
-def write_checkpoint(
-    path, theta: np.ndarray, history: np.ndarray, evaluations: int, fingerprint: dict
-) -> None:
-    """Parameters, history and evaluations so far; ``fingerprint`` (JSON) names config and data."""
-    with new_file(path) as f:
-        f.create_dataset("theta", data=theta)
+def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: dict) -> None:
+    """The optimizer's state (arrays by name) and the history; ``fingerprint`` (JSON) names what it fits."""
+    nbytes = sum(np.asarray(v).nbytes for v in optimizer.values()) + history.nbytes
+    with new_file(path, nbytes + len(json.dumps(fingerprint)) + 512) as f:
+        group = f.create_group("optimizer")
+        for name, value in optimizer.items():
+            group.create_dataset(name, data=value)
         f.create_dataset("history", data=history)
-        f.attrs["evaluations"] = evaluations
         f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
 
 
 def read_checkpoint(path):
-    """(theta, history, evaluations, fingerprint) of a checkpoint file."""
+    """(optimizer state dict, history, fingerprint) of a checkpoint file."""
     with open_input(path, "checkpoint") as f:
         try:
             return (
-                f["theta"][()],
+                {name: ds[()] for name, ds in f["optimizer"].items()},
                 f["history"][()],
-                int(f.attrs["evaluations"]),
                 json.loads(f.attrs["fingerprint"]),
             )
         except (KeyError, ValueError) as err:

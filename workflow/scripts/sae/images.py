@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -61,34 +62,21 @@ def square(img: np.ndarray, side: int) -> np.ndarray:
 
 
 def sample_images():
-    """The ten sample photographs as 512 x 512 grayscale: (images, names, digests)."""
+    """The ten sample photographs as 512 x 512 grayscale: (image, name, sha256) one at a time."""
     import skimage.data
     from skimage.io import imread
 
     folder = Path(skimage.data.__file__).parent
-    images, names, digests = [], [], []
     for name, filename in SAMPLE_FILES.items():
         path = folder / filename
-        images.append(square(to_gray(imread(path)), SAMPLE_SIDE))
-        names.append(f"skimage:{name}")
-        digests.append(sha256(path))
-    return images, names, digests
+        yield square(to_gray(imread(path)), SAMPLE_SIDE), f"skimage:{name}", sha256(path)
 
 
-def read_file(path) -> list[np.ndarray]:
-    """The grayscale images in one file; a stack (.npy 3-D, IMAGES.mat) gives several."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+@contextlib.contextmanager
+def _reading(path):
+    """Any reader's error for a bad file as one SaeError naming it."""
     try:
-        if suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-            stack = data[..., None] if data.ndim == 2 else data
-        elif suffix == ".mat":
-            stack = _read_mat(path)
-        else:
-            from skimage.io import imread
-
-            return [to_gray(imread(path))]
+        yield
     except SaeError:
         raise
     except FileNotFoundError:
@@ -96,13 +84,44 @@ def read_file(path) -> list[np.ndarray]:
     except Exception as err:  # every reader has its own errors for a bad file
         first_line = next((line for line in str(err).splitlines() if line.strip()), "")
         raise SaeError(f"{path}: cannot read image ({type(err).__name__}: {first_line})") from None
+
+
+def _stack(path: Path):
+    """The images of one file as an H x W x K array-like; layers are read when indexed.
+
+    A .npy file is memory-mapped and a v7.3 (HDF5) IMAGES.mat read layer by layer,
+    so a stack larger than memory works; a v5 .mat file is read whole.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+        stack = data[..., None] if data.ndim == 2 else data
+    elif suffix == ".mat":
+        stack = _read_mat(path)
+    else:
+        from skimage.io import imread
+
+        stack = to_gray(imread(path))[..., None]
     if stack.ndim != 3:
         raise SaeError(f"{path}: expected a 2-D image or an H x W x K stack, got shape {stack.shape}")
-    return [np.asarray(stack[:, :, k], dtype=np.float64) for k in range(stack.shape[2])]
+    return stack
 
 
-def _read_mat(path: Path) -> np.ndarray:
-    """The array IMAGES (H x W x K) of a MATLAB file, v5 or v7.3 (HDF5)."""
+def read_file(path):
+    """The grayscale images in one file as (image, name), one at a time.
+
+    A stack (.npy 3-D, IMAGES.mat) gives several, named path[k].
+    """
+    path = Path(path)
+    with _reading(path):
+        stack = _stack(path)
+        layers = stack.shape[2]
+        for k in range(layers):
+            yield np.array(stack[:, :, k], dtype=np.float64), (str(path) if layers == 1 else f"{path}[{k}]")
+
+
+def _read_mat(path: Path):
+    """The array IMAGES (H x W x K) of a MATLAB file, v5 or v7.3 (HDF5, read lazily)."""
     import scipy.io
 
     try:
@@ -113,23 +132,31 @@ def _read_mat(path: Path) -> np.ndarray:
     except NotImplementedError:  # v7.3 files are HDF5, stored transposed
         import h5py
 
-        with h5py.File(path, "r") as f:
-            if "IMAGES" not in f:
-                raise SaeError(f"{path}: no variable 'IMAGES'") from None
-            return np.transpose(f["IMAGES"][()])
+        f = h5py.File(path, "r")
+        if "IMAGES" not in f:
+            raise SaeError(f"{path}: no variable 'IMAGES'") from None
+        return _Transposed(f["IMAGES"])
+
+
+class _Transposed:
+    """A v7.3 MATLAB array (stored K x W x H) as H x W x K; ``[:, :, k]`` reads one layer."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.shape = dataset.shape[::-1]
+        self.ndim = dataset.ndim
+
+    def __getitem__(self, key):
+        return np.transpose(self.dataset[key[::-1]])
 
 
 def load_files(paths):
-    """(images, names, digests) for a list of files; a stack names each layer."""
-    images, names, digests = [], [], []
+    """(image, name, sha256) for each image of a list of files, one at a time."""
     for path in paths:
-        layers = read_file(path)
-        digest = sha256(path)
-        for k, img in enumerate(layers):
-            images.append(img)
-            names.append(str(path) if len(layers) == 1 else f"{path}[{k}]")
-            digests.append(digest)
-    return images, names, digests
+        digest = None
+        for img, name in read_file(path):
+            digest = digest or sha256(path)
+            yield img, name, digest
 
 
 def check(img: np.ndarray, name: str) -> None:
@@ -157,10 +184,8 @@ def whiten_image(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) ->
 
 
 def load(source, whiten: bool):
-    """Images from ``source`` ("sample" or a list of files), checked and, if ``whiten``, whitened."""
-    images, names, digests = sample_images() if source == "sample" else load_files(source)
-    for img, name in zip(images, names, strict=True):
+    """(image, name, sha256) from ``source`` ("sample" or a list of files), one at a time,
+    each checked and, if ``whiten``, whitened."""
+    for img, name, digest in sample_images() if source == "sample" else load_files(source):
         check(img, name)
-    if whiten:
-        images = [whiten_image(img) for img in images]
-    return images, names, digests
+        yield (whiten_image(img) if whiten else img), name, digest

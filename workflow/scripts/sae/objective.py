@@ -101,7 +101,8 @@ class Sums:
     G2 (v+1, h+1):  sum [d, 1] [t, 1]^T  (last row: sum t, and the count)
     sq (v):         sum (a3 - x)^2, per output unit
 
-    ``finish`` undoes these exact power-of-two scalings.
+    ``finish`` undoes these exact power-of-two scalings. The grid step is one
+    value over each of the four parts (rows [:h] of G1, rows [h:], G2, sq).
     """
 
     def __init__(self, v: int, h: int):
@@ -258,30 +259,43 @@ def _sums(v: int, h: int) -> Sums:
     return Sums(v, h)
 
 
-def finish(totals, theta, n: int, v: int, h: int, rho: float, lambda_: float, beta: float):
-    """Cost and gradient from the global sums over all n patches (see Sums)."""
-    g1, g2, sq = _sums(v, h).views(totals)
-    w1, w2, _, _ = unpack(theta, v, h)
-    rho_hat = (g2[v, :h] + n) / (2 * n)  # mean of a2 = (1 + t)/2
-    k = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))
-    kl = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
-    cost = sq.sum() / (2 * n) + lambda_ / 2 * (np.vdot(w1, w1) + np.vdot(w2, w2)) + beta * kl.sum()
+def finish(units, step, theta, n: int, v: int, h: int, rho: float, lambda_: float, beta: float, out=None):
+    """Cost and gradient from the global sums over all n patches, in grid steps (see Sums).
 
-    grad = np.empty_like(theta)
+    ``step`` is the grid (BlockKernel.set_params), one value over each part of
+    the sums: its four values are folded into the factors below, so the sums
+    are read once. ``units`` is used as scratch; the gradient goes into ``out``
+    if given. This runs on rank 0 alone while the other ranks wait: few passes.
+    """
+    sums = _sums(v, h)
+    g1, g2, sq = sums.views(units)
+    step_b, step_s, step_g2, step_sq = step[0], step[sums.b_rows], step[2 * sums.b_rows], step[-1]
+    hv = h * v
+    weights = theta[: 2 * hv]  # W1 and W2
+    rho_hat = g2[v, :h] * (step_g2 / (2 * n)) + 0.5  # mean of a2 = (1 + t)/2
+    # KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat))
+    ratio, ratio_off = rho / rho_hat, (1 - rho) / (1 - rho_hat)
+    k = beta * (ratio_off - ratio)
+    kl = rho * np.log(ratio).sum() + (1 - rho) * np.log(ratio_off).sum()
+    cost = sq.sum() * (step_sq / (2 * n)) + lambda_ / 2 * np.dot(weights, weights) + beta * kl
+
+    grad = np.empty_like(theta) if out is None else out
+    np.multiply(weights, lambda_, out=grad[: 2 * hv])
     grad_w1, grad_w2, grad_b1, grad_b2 = unpack(grad, v, h)
-    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = (G1[:h] / 16 + k G1[h:] / 4)
-    delta2_x1 = k[:, None] * g1[h:]
-    delta2_x1 *= 4.0
-    delta2_x1 += g1[:h]
-    delta2_x1 /= 16 * n
-    np.multiply(w1, lambda_, out=grad_w1)
+    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = G1[:h] / 16 + k G1[h:] / 4
+    delta2_x1 = g1[h:]
+    delta2_x1 *= (k * (step_s / (4 * n)))[:, None]
+    b_part = g1[:h]
+    b_part *= step_b / (16 * n)
+    delta2_x1 += b_part
     grad_w1 += delta2_x1[:, :v]
     grad_b1[:] = delta2_x1[:, v]
     # sum delta3 [a2 1]^T = sum d/4 [(1 + t)/2, 1]^T
-    np.add(g2[:v, :h], g2[:v, h : h + 1], out=grad_w2)
-    grad_w2 /= 8 * n
-    grad_w2 += lambda_ * w2
-    np.divide(g2[:v, h], 4 * n, out=grad_b2)
+    delta3_a2 = g2[:v, :h]
+    delta3_a2 += g2[:v, h : h + 1]
+    delta3_a2 *= step_g2 / (8 * n)
+    grad_w2 += delta3_a2
+    np.multiply(g2[:v, h], step_g2 / (4 * n), out=grad_b2)
     return float(cost), grad
 
 
@@ -293,7 +307,7 @@ def evaluate(theta, x, h: int, rho: float, lambda_: float, beta: float, block_si
     units = np.zeros(kernel.sums.size)
     for blocks in to_blocks(x, block_size, dtype):
         kernel.accumulate(blocks, units)
-    return finish(units * step, theta, n, v, h, rho, lambda_, beta)
+    return finish(units, step, theta, n, v, h, rho, lambda_, beta)
 
 
 def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: float, beta: float):

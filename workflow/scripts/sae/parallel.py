@@ -118,6 +118,7 @@ class DistributedObjective:
         self.message = np.empty(n_params(self.v, h) + 1)  # theta, then the command
         self.units = np.empty(self.kernel.sums.size)
         self.totals = np.empty_like(self.units) if comm.rank == 0 else None
+        self.grad = np.empty(n_params(self.v, h)) if comm.rank == 0 else None
         self.compute_seconds = self.comm_seconds = 0.0
         self.evaluations = 0
         who = f"rank {comm.rank} on {socket.gethostname()}"
@@ -147,14 +148,14 @@ class DistributedObjective:
             self.watchdog.close()
 
     def __call__(self, theta):
-        """Rank 0: evaluate at theta on all ranks; returns (cost, gradient)."""
+        """Rank 0: evaluate at theta on all ranks; returns (cost, gradient: a reused buffer)."""
         self.message[:-1] = theta
         self.message[-1] = EVALUATE
         self._collective(self.comm.Bcast, self.message, root=0)
         step = self._local_sums()
         self._collective(self.comm.Reduce, self.units, self.totals, op=MPI.SUM, root=0)
-        self.totals *= step  # grid steps to values
-        return finish(self.totals, self.message[:-1], self.n_total, self.v, self.h, *self.hyper)
+        theta = self.message[:-1]
+        return finish(self.totals, step, theta, self.n_total, self.v, self.h, *self.hyper, out=self.grad)
 
     def serve(self) -> None:
         """Ranks other than 0: evaluate whenever rank 0 asks, until it says stop."""

@@ -1,47 +1,132 @@
-"""Sampling patches from images and normalizing them as in Ng's exercise."""
+"""Sampling patches from images and normalizing them as in Ng's exercise, in bounded memory.
+
+Patch i belongs to sampling block i // BLOCK, whose draws (image uniformly, then
+position uniformly) come from its own generator, SeedSequence(seed, spawn_key=(block,)),
+the block-th child of SeedSequence(seed).spawn. So any row range can be made on its
+own, and the patches are the same bits however the work is cut into pieces. BLOCK is
+part of the sample's definition, not a tuning knob.
+
+sigma (the standard deviation of all values after each patch's mean is removed) needs
+every patch before the first can be normalized: a first pass sums the squares per
+sampling block (numpy's fixed-order sum of the same block, the same bits every time)
+and adds the block sums exactly (math.fsum), so sigma does not depend on the pieces
+either. The second pass normalizes and yields pieces for writing.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import SaeError
 
+BLOCK = 16384  # patches per sampling generator (fixed: changing it changes the sample)
+PIECE = BLOCK  # patches in memory at once when writing (any value gives the same file)
 
-def sample(images, count: int, side: int, seed: int) -> np.ndarray:
-    """``count`` patches (count, side*side): image uniformly, then position uniformly.
 
-    All draws come from one Generator seeded with ``seed``, so the training set
-    is fixed by the config alone.
-    """
-    smallest = min(min(img.shape) for img in images)
+def shapes_of(images) -> list[tuple[int, int]]:
+    """The (height, width) of each image, without reading pixels when ``images`` knows them."""
+    shapes = getattr(images, "shapes", None)
+    return list(shapes) if shapes is not None else [img.shape for img in images]
+
+
+def check_side(shapes, side: int) -> None:
+    smallest = min(min(shape) for shape in shapes)
     if side > smallest:
         raise SaeError(f"patches.side = {side} is larger than the smallest image side ({smallest})")
-    rng = np.random.default_rng(seed)
-    which = rng.integers(len(images), size=count)
-    heights = np.array([img.shape[0] for img in images])
-    widths = np.array([img.shape[1] for img in images])
+
+
+def block_draws(shapes, count: int, side: int, seed: int, block: int):
+    """(which image, top row, left column) of every patch of sampling block ``block``."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+    size = min(BLOCK, count - block * BLOCK)
+    which = rng.integers(len(shapes), size=size)
+    heights = np.array([s[0] for s in shapes])
+    widths = np.array([s[1] for s in shapes])
     rows = rng.integers(0, heights[which] - side + 1)
     cols = rng.integers(0, widths[which] - side + 1)
-    out = np.empty((count, side * side))
-    for k, img in enumerate(images):
-        mine = np.flatnonzero(which == k)
-        windows = sliding_window_view(img, (side, side))
-        out[mine] = windows[rows[mine], cols[mine]].reshape(len(mine), side * side)
+    return which, rows, cols
+
+
+def windows(images, count: int, side: int, seed: int, start: int, stop: int, shapes=None, out=None):
+    """Raw patches [start, stop) of the sample of ``count`` (stop - start, side*side), float64.
+
+    ``images[k]`` is read once per sampling block that has a patch from image k.
+    out: an array of at least stop - start rows to fill (reused from piece to piece).
+    """
+    shapes = shapes_of(images) if shapes is None else shapes
+    out = np.empty((stop - start, side * side)) if out is None else out[: stop - start]
+    for block in range(start // BLOCK, -(-stop // BLOCK)):
+        a, b = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
+        which, rows, cols = (
+            d[a - block * BLOCK : b - block * BLOCK] for d in block_draws(shapes, count, side, seed, block)
+        )
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(shapes) + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            mine = order[bounds[k] : bounds[k + 1]]
+            view = sliding_window_view(images[k], (side, side))
+            out[a - start + mine] = view[rows[mine], cols[mine]].reshape(len(mine), side * side)
     return out
 
 
-def normalize(patches: np.ndarray) -> float:
-    """In place: remove each patch's mean, truncate at +-3 sigma, map [-1, 1] to [0.1, 0.9].
+def centered(images, count, side, seed, start, stop, shapes=None, out=None) -> np.ndarray:
+    """Patches [start, stop) with each patch's mean removed (float64); ``out`` as for windows."""
+    x = windows(images, count, side, seed, start, stop, shapes, out)
+    x -= x.mean(axis=1, keepdims=True)
+    return x
 
-    sigma is the standard deviation of all values after mean removal; returns it.
+
+def sigma(images, count: int, side: int, seed: int) -> float:
+    """Standard deviation of all values of the centered sample (first pass, one block at a time).
+
+    The values' mean is zero (every patch is centered), so sigma^2 is the mean square.
     """
-    patches -= patches.mean(axis=1, keepdims=True)
-    sigma = float(patches.std())
-    if sigma == 0:
+    shapes = shapes_of(images)
+    check_side(shapes, side)
+    squares, buffer = [], np.empty((min(count, BLOCK), side * side))
+    for block in range(-(-count // BLOCK)):
+        x = centered(
+            images, count, side, seed, block * BLOCK, min(count, (block + 1) * BLOCK), shapes, buffer
+        )
+        squares.append(float(np.multiply(x, x, out=x).sum()))
+    value = math.sqrt(math.fsum(squares) / (count * side * side))
+    if value == 0:
         raise SaeError("all sampled patches are constant: nothing to learn")
+    return value
+
+
+def normalize(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Centered patches, in place: truncate at +-3 sigma, map [-1, 1] to [0.1, 0.9]."""
     limit = 3 * sigma
-    np.clip(patches, -limit, limit, out=patches)
-    patches *= 0.4 / limit
-    patches += 0.5
-    return sigma
+    np.clip(x, -limit, limit, out=x)
+    x *= 0.4 / limit
+    x += 0.5
+    return x
+
+
+def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = PIECE):
+    """The normalized sample as float32 arrays of ``piece`` rows (the last may be shorter).
+
+    Each array is one reused buffer, valid until the next is yielded.
+    """
+    shapes = shapes_of(images)
+    check_side(shapes, side)
+    buffer = np.empty((min(count, piece), side * side))
+    rows = np.empty((min(count, piece), side * side), dtype=np.float32)
+    for a in range(0, count, piece):
+        x = centered(images, count, side, seed, a, min(count, a + piece), shapes, buffer)
+        out = rows[: len(x)]
+        np.copyto(out, normalize(x, sigma))
+        yield out
+
+
+def sample(images, count: int, side: int, seed: int):
+    """The whole normalized sample in memory: (float32 array (count, side*side), sigma).
+
+    For small samples (tests, benchmarks); the patch stage writes ``pieces`` as they come.
+    """
+    s = sigma(images, count, side, seed)
+    return np.concatenate([x.copy() for x in pieces(images, count, side, seed, s)]), s

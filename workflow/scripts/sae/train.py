@@ -1,4 +1,11 @@
-"""Training: read this rank's shard, run L-BFGS on rank 0, write the model."""
+"""Training, as ``run`` performs it: load each rank's shard, set up the distributed
+objective, start or resume rank 0's optimizer (sae.lbfgs) from a checkpoint, optimize
+with checkpoints, gather the timings, write the model.
+
+A checkpoint holds the optimizer's whole state, so a resumed run ends bit for bit
+where the uninterrupted one does; its fingerprint (config, data, optimizer, numpy)
+must match this run's for it to be used.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,15 @@ import contextlib
 import hashlib
 import logging
 import os
-import resource
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 
-from . import SaeError, h5io
+from . import SaeError, cli, h5io, lbfgs
 from .objective import initial_theta, to_blocks, unpack
 from .parallel import DistributedObjective, agree, describe_hosts, gather_hosts, gather_seconds, shard
 
@@ -23,10 +29,11 @@ log = logging.getLogger("sae.train")
 
 HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size", "precision")
 READ_ROWS = 8192  # rows per hyperslab read when the shard is loaded whole
+OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults); README: training speed
 
 
 class Interrupted(SaeError):
-    """SIGTERM arrived; a checkpoint was written at the end of the iteration."""
+    """SIGTERM arrived; a checkpoint was written at the end of the evaluation under way."""
 
 
 @dataclass
@@ -44,72 +51,55 @@ class Job:
     cores_granted: int | None = None
 
 
-def fit(objective, theta0, iterations: int, history=(), on_iteration=None):
-    """L-BFGS-B from theta0 until ``iterations`` iterations in all (rank 0).
-
-    history: rows (cost, grad_norm, seconds) of iterations done before a
-    resume. on_iteration(theta, history) runs after every iteration.
-    Returns (theta, history array, scipy's result).
-    """
-    history = [tuple(row) for row in history]
-    last = {}
-    offset = history[-1][2] if history else 0.0
-    start = time.perf_counter()
-
-    def fun(theta):
-        cost, grad = objective(theta)
-        last.update(theta=theta.copy(), cost=cost, grad=grad)
-        return cost, grad
-
-    def callback(intermediate_result):
-        if not np.array_equal(intermediate_result.x, last["theta"]):
-            fun(intermediate_result.x)
-        row = (last["cost"], float(np.linalg.norm(last["grad"])), offset + time.perf_counter() - start)
-        history.append(row)
-        log.info(
-            "iteration %4d/%d  cost %.6f  |grad| %.3e  evaluations %d  %.2f s",
-            len(history),
-            iterations,
-            *row[:2],
-            objective.evaluations,
-            row[2],
-        )
-        if on_iteration is not None:
-            on_iteration(last["theta"], history)
-
-    result = minimize(
-        fun,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        callback=callback,
-        options={"maxiter": iterations - len(history)},
-    )
-    return result.x, np.array(history, dtype=np.float64).reshape(-1, 3), result
-
-
 class StreamedShard:
     """A shard larger than the memory cap: read from HDF5 piece by piece at every pass.
 
-    Iterating yields arrays of blocks as objective.to_blocks does, from one
-    reused buffer, so a rank holds one piece at a time.
+    Iterating yields arrays of blocks as objective.to_blocks does. Two pieces of
+    at most half the cap each take turns: a reader thread reads the next piece
+    from HDF5 and lays it out as blocks while the caller computes on the current
+    one (h5py and numpy's copies release the GIL). The first pass checks every
+    chunk's checksum; later passes re-read the same chunks as stored (h5io.PatchRows.reread).
     """
 
     def __init__(self, rows: h5io.PatchRows, first: int, stop: int, block_size: int, dtype, cap_bytes):
         width = rows.width
         per_row = (width + 1) * np.dtype(dtype).itemsize + width * rows.itemsize
-        blocks = max(1, int(cap_bytes // (per_row * block_size)))
+        blocks = max(1, int(cap_bytes / 2 // (per_row * block_size)))
         self.rows, self.first, self.stop, self.block_size, self.dtype = rows, first, stop, block_size, dtype
         self.piece = blocks * block_size
-        self.raw = np.empty((self.piece, width), dtype=rows.dtype)
-        self.blocks = np.empty((blocks, width + 1, block_size), dtype=dtype)
+        self.buffers = [  # (rows as read, the same rows as blocks)
+            (np.empty((self.piece, width), rows.dtype), np.empty((blocks, width + 1, block_size), dtype))
+            for _ in range(2)
+        ]
+        # Pieces end on multiples of ``step``: whole HDF5 chunks when a piece holds one, so that
+        # no chunk is read twice in a pass; whole blocks in any case (first is a block's first row).
+        chunk = rows.chunk_rows if rows.chunk_rows and rows.chunk_rows % block_size == 0 else block_size
+        step = self.piece // chunk * chunk or self.piece
+        cuts = list(range(-(-(first + 1) // step) * step, stop, step))
+        self.pieces = list(zip([first, *cuts], [*cuts, stop], strict=True))
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
+        self.ahead, self.turn = None, 0  # (index, future) of the piece being read into buffers[turn]
+        self.checked = False  # the first pass checks the checksums; later ones skip them
+
+    def _load(self, piece: tuple[int, int], buffer, checked: bool) -> list:
+        raw, blocks = buffer
+        raw = self.rows.reread(*piece, raw) if checked else self.rows.read(*piece, raw)
+        return to_blocks(raw, self.block_size, self.dtype, out=blocks[: len(raw) // self.block_size])
+
+    def _read_ahead(self, i: int) -> None:
+        self.turn = 1 - self.turn  # the buffer the caller is not using
+        future = self.reader.submit(self._load, self.pieces[i], self.buffers[self.turn], self.checked)
+        self.ahead = (i, future)
 
     def __iter__(self):
-        for a in range(self.first, self.stop, self.piece):
-            raw = self.rows.read(a, min(a + self.piece, self.stop), out=self.raw)
-            yield from to_blocks(
-                raw, self.block_size, self.dtype, out=self.blocks[: len(raw) // self.block_size]
-            )
+        count = len(self.pieces)
+        if self.ahead is None or self.ahead[0] != 0:  # first pass, or the last one stopped early
+            self._read_ahead(0)
+        for i in range(count):
+            ready = self.ahead[1].result()  # the reader's errors are raised here
+            self.checked |= i + 1 == count  # every row read and checked once
+            self._read_ahead((i + 1) % count)  # after the last: the next pass's first
+            yield from ready
 
 
 def load_shard(comm, job: Job, block_size: int, dtype=np.float64):
@@ -133,7 +123,10 @@ def load_shard(comm, job: Job, block_size: int, dtype=np.float64):
     v = job.side * job.side
     rows = h5io.PatchRows(job.patches)
     if job.memory_mb is not None and (stop - first) * (v + 1) * dtype.itemsize > job.memory_mb * 2**20:
-        return StreamedShard(rows, first, stop, block_size, dtype, job.memory_mb * 2**20), n_total
+        streamed = StreamedShard(rows, first, stop, block_size, dtype, job.memory_mb * 2**20)
+        for _ in streamed:  # read once: damaged rows are an error here, agreed by all ranks
+            pass
+        return streamed, n_total
     with rows:
         full = np.empty(((stop - first) // block_size, v + 1, block_size), dtype=dtype)
         blocks, done = [full], 0
@@ -153,7 +146,11 @@ def max_shard_bytes(n: int, v: int, block_size: int, ranks: int, dtype) -> int:
 
 
 def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
-    """What a checkpoint must match to be resumed: hyperparameters and data identity."""
+    """What a checkpoint must match to be resumed: hyperparameters, data, optimizer and numpy.
+
+    The optimizer's name, version and settings, and numpy's version (its BLAS
+    computes the optimizer's products), decide the bits of the steps to come.
+    """
     _, attrs = h5io.patches_info(job.patches, job.side)
     data = {k: attrs[k] for k in ("seed", "count", "sigma") if k in attrs}
     with h5io.PatchRows(job.patches) as rows:
@@ -164,15 +161,17 @@ def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
         "samples": n_total,
         "patches": {k: np.asarray(v).item() for k, v in data.items()},
         "rows_sha256": hashlib.sha256(b"".join(np.ascontiguousarray(e).tobytes() for e in edges)).hexdigest(),
+        "optimizer": {"name": lbfgs.NAME, "version": lbfgs.VERSION, **OPTIMIZER_SETTINGS},
+        "numpy": np.__version__,
     }
 
 
 def resume_point(job: Job, run_fingerprint: dict):
-    """(theta, history, evaluations) from a usable checkpoint of this run, or None."""
+    """(optimizer state, history) from a usable checkpoint of this run, or None (reason logged)."""
     if job.checkpoint is None or not Path(job.checkpoint).exists():
         return None
     try:
-        theta, history, evaluations, saved = h5io.read_checkpoint(job.checkpoint)
+        state, history, saved = h5io.read_checkpoint(job.checkpoint)
     except SaeError as err:
         log.warning("checkpoint not used: %s", err)
         return None
@@ -181,10 +180,12 @@ def resume_point(job: Job, run_fingerprint: dict):
             k for k in run_fingerprint.keys() | saved.keys() if run_fingerprint.get(k) != saved.get(k)
         )
         log.warning(
-            "checkpoint %s is from a different config or data (%s): not used", job.checkpoint, ", ".join(diff)
+            "checkpoint %s is from a different config, data, optimizer or numpy (%s): not used",
+            job.checkpoint,
+            ", ".join(diff),
         )
         return None
-    return theta, history, evaluations
+    return state, history
 
 
 @contextlib.contextmanager
@@ -202,6 +203,16 @@ def sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass
+class Training:
+    """Rank 0's optimizer and what it has done: the part of a run a checkpoint holds."""
+
+    optimizer: lbfgs.LBFGS
+    history: list  # rows (cost, grad_norm, seconds), one per iteration
+    resumed_from: int  # iterations done before this run
+    fingerprint: dict
+
+
 def run(comm, hp: dict, job: Job) -> None:
     """Train on all ranks of ``comm``; rank 0 writes job.model.
 
@@ -209,10 +220,40 @@ def run(comm, hp: dict, job: Job) -> None:
     training; Interrupted on rank 0 after SIGTERM, once the checkpoint is written.
     """
     wall_start = time.perf_counter()
-    v, h, block = job.side * job.side, hp["hidden"], hp["block_size"]
-    dtype = np.dtype(hp["precision"])
-    blocks, n_total = agree(comm, load_shard, comm, job, block, dtype)
+    blocks, n_total = load(comm, hp, job)
     load_seconds = time.perf_counter() - wall_start
+    objective = set_up_objective(comm, blocks, n_total, hp, job)
+    interrupted = training = None
+    with sigterm_flag() as sigterm:
+        comm.Barrier()
+        loop_start = time.perf_counter()
+        if comm.rank == 0:
+            try:
+                training = start_or_resume(hp, job, n_total)
+                optimize(objective, training, hp["iterations"], job, sigterm)
+            except Interrupted as err:
+                interrupted = err
+            finally:
+                objective.stop()
+        else:
+            objective.serve()
+        loop_seconds = time.perf_counter() - loop_start
+    timings = gather_timings(comm, objective, load_seconds, loop_seconds)
+    if comm.rank != 0:
+        return
+    if interrupted is not None:
+        interrupted.collective = True  # the other ranks have left every collective
+        raise interrupted
+    timings[h5io.WALL_SECONDS] = time.perf_counter() - wall_start
+    shard_bytes = max_shard_bytes(n_total, job.side**2, hp["block_size"], comm.size, hp["precision"])
+    timings["shard_mb_max"] = shard_bytes / 2**20
+    write(training, hp, job, n_total, comm.size, isinstance(blocks, StreamedShard), timings)
+
+
+def load(comm, hp: dict, job: Job):
+    """Every rank: its shard of the patches (blocks, n_total); an error in the data stops all ranks alike."""
+    v, block, dtype = job.side * job.side, hp["block_size"], np.dtype(hp["precision"])
+    blocks, n_total = agree(comm, load_shard, comm, job, block, dtype)
     hosts = gather_hosts(comm)
     if comm.rank == 0:
         note = ""
@@ -224,85 +265,141 @@ def run(comm, hp: dict, job: Job) -> None:
         log.info("hosts: %s", describe_hosts(hosts))
         if isinstance(blocks, StreamedShard):
             log.info("shards exceed train.memory_mb = %g: streaming them from HDF5", job.memory_mb)
+    return blocks, n_total
 
-    objective = DistributedObjective(
-        comm, blocks, n_total, v, h, block, dtype, hp["rho"], hp["lambda"], hp["beta"]
+
+def set_up_objective(comm, blocks, n_total: int, hp: dict, job: Job) -> DistributedObjective:
+    """Every rank: J and its gradient over all ranks' patches."""
+    return DistributedObjective(
+        comm, blocks, n_total, job.side**2, hp["hidden"], hp["block_size"], np.dtype(hp["precision"]),
+        hp["rho"], hp["lambda"], hp["beta"],
+    )  # fmt: skip
+
+
+def start_or_resume(hp: dict, job: Job, n_total: int) -> Training:
+    """Rank 0: the optimizer from this run's checkpoint if there is a usable one, else from scratch."""
+    run_fingerprint = fingerprint(hp, job, n_total) if job.checkpoint else {}
+    resumed = resume_point(job, run_fingerprint)
+    if resumed is None:
+        theta0 = initial_theta(job.side**2, hp["hidden"], np.random.default_rng(hp["seed"]))
+        return Training(lbfgs.LBFGS(theta0, **OPTIMIZER_SETTINGS), [], 0, run_fingerprint)
+    state, history = resumed
+    optimizer = lbfgs.LBFGS.from_state(state, **OPTIMIZER_SETTINGS)
+    training = Training(optimizer, [tuple(r) for r in history], len(history), run_fingerprint)
+    log.info(
+        "resumed from iteration %d, evaluation %d (checkpoint %s)",
+        len(history),
+        training.optimizer.evaluations,
+        job.checkpoint,
     )
-    interrupted = None
-    with sigterm_flag() as sigterm:
-        comm.Barrier()
-        loop_start = time.perf_counter()
-        if comm.rank == 0:
-            run_fingerprint = fingerprint(hp, job, n_total) if job.checkpoint else {}
-            resumed = resume_point(job, run_fingerprint)
-            theta0, history, before = resumed or (
-                initial_theta(v, h, np.random.default_rng(hp["seed"])),
-                (),
-                0,
-            )
-            done = len(history)
-            if resumed:
-                log.info("resumed from iteration %d (checkpoint %s)", done, job.checkpoint)
+    return training
 
-            def on_iteration(theta, history):
-                due = len(history) % job.checkpoint_every == 0 and len(history) < hp["iterations"]
-                if job.checkpoint and (sigterm["set"] or due):
-                    evaluations = before + objective.evaluations
-                    h5io.write_checkpoint(
-                        job.checkpoint, theta, np.array(history), evaluations, run_fingerprint
-                    )
-                if sigterm["set"]:
-                    raise Interrupted(
-                        f"stopped by SIGTERM after iteration {len(history)}"
-                        + (
-                            f"; checkpoint {job.checkpoint} written: run again to resume"
-                            if job.checkpoint
-                            else ""
-                        )
-                    )
 
-            try:
-                theta, history, result = fit(objective, theta0, hp["iterations"], history, on_iteration)
-            except Interrupted as err:
-                interrupted = err
-            finally:
-                objective.stop()
-        else:
-            objective.serve()
-        loop_seconds = time.perf_counter() - loop_start
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+class ProgressLines:
+    """The per-iteration log lines, logged together at most every cli.FLUSH_SECONDS.
+
+    One log record per line cost rank 0 about 25 µs per iteration (the record,
+    its time stamp, the formatting), while the other ranks wait: a tenth of a
+    two-rank evaluation at 10k patches. Each line still carries the time stamp
+    of the batch it was logged in.
+    """
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.logged = time.monotonic()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if time.monotonic() - self.logged >= cli.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            stamp = time.strftime("%H:%M:%S ")
+            log.info("\n".join(self.lines).replace("\n", "\n" + stamp))  # the first stamp: the formatter's
+        self.lines, self.logged = [], time.monotonic()
+
+
+def optimize(objective, training: Training, iterations: int, job: Job, sigterm: dict) -> None:
+    """Rank 0: L-BFGS until ``iterations`` in all, a checkpoint every job.checkpoint_every.
+
+    After SIGTERM, writes a checkpoint at the end of the evaluation under way
+    (mid-line-search, too) and raises Interrupted.
+    """
+    opt, history = training.optimizer, training.history
+    offset = history[-1][2] if history else 0.0
+    start = time.perf_counter()
+    progress = ProgressLines()
+    try:
+        while not opt.stopped and opt.iterations < iterations:
+            if opt.tell(*objective(opt.point)):
+                row = (opt.f, opt.grad_norm, offset + time.perf_counter() - start)
+                history.append(row)
+                cost, grad_norm, seconds = row
+                progress.add(
+                    f"iteration {len(history):4d}/{iterations}  cost {cost:.6f}  |grad| {grad_norm:.3e}"
+                    f"  evaluations {opt.evaluations}  {seconds:.2f} s"
+                )
+                if len(history) % job.checkpoint_every == 0 and len(history) < iterations:
+                    save_checkpoint(training, job)
+            if sigterm["set"]:
+                saved = save_checkpoint(training, job)
+                raise Interrupted(
+                    f"stopped by SIGTERM after iteration {len(history)} (evaluation {opt.evaluations})"
+                    + (f"; checkpoint {job.checkpoint} written: run again to resume" if saved else "")
+                )
+    finally:
+        progress.flush()
+    log.info("stopped after %d iterations in all: %s", len(history), opt.message)
+
+
+def save_checkpoint(training: Training, job: Job) -> bool:
+    """Rank 0: the optimizer's whole state and the history, if the run has a checkpoint file."""
+    if not job.checkpoint:
+        return False
+    h5io.write_checkpoint(
+        job.checkpoint,
+        training.optimizer.state(),
+        np.array(training.history, dtype=np.float64).reshape(-1, 3),
+        training.fingerprint,
+    )
+    return True
+
+
+def gather_timings(comm, objective, load_seconds: float, loop_seconds: float) -> dict | None:
+    """Rank 0: the model file's timing and memory attributes, over all ranks (None elsewhere)."""
+    peak_rss_mb = cli.peak_rss_mb()
     seconds = gather_seconds(
         comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
     )  # columns: h5io.RANK_TIMINGS, then peak RSS
     if comm.rank != 0:
-        return
-    if interrupted is not None:
-        interrupted.collective = True  # the other ranks have left every collective
-        raise interrupted
-
-    log.info("stopped after %d iterations in all: %s", len(history), result.message)
-    w1, w2, b1, b2 = unpack(theta, v, h)
-    timing = {
+        return None
+    return {
         **h5io.rank_timing_attrs(seconds[:, :4]),
         h5io.OPTIMIZER_SECONDS: loop_seconds - seconds[0, 2] - seconds[0, 3],
         "peak_rss_mb_max": seconds[:, 4].max(),
-        "shard_mb_max": max_shard_bytes(n_total, v, block, comm.size, dtype) / 2**20,
-        h5io.WALL_SECONDS: time.perf_counter() - wall_start,
+        "train_seconds": loop_seconds,  # rank 0's
     }
+
+
+def write(training: Training, hp: dict, job: Job, n_total: int, ranks: int, streamed: bool, timings: dict):
+    """Rank 0: the model file (then the checkpoint is no longer needed)."""
+    opt, history = training.optimizer, training.history
+    w1, w2, b1, b2 = unpack(opt.x, job.side**2, hp["hidden"])
     model_attrs = {
         **{k: hp[k] for k in HYPERPARAMETERS},
         "max_iterations": hp["iterations"],
         "iterations": len(history),
-        "resumed_from": done,
-        "cost": result.fun,
-        "evaluations": before + objective.evaluations,
-        "ranks": comm.size,
-        "train_seconds": loop_seconds,
+        "resumed_from": training.resumed_from,
+        "cost": opt.f,
+        "evaluations": opt.evaluations,
+        "ranks": ranks,
         "side": job.side,
         "samples": n_total,
-        "streamed": isinstance(blocks, StreamedShard),
-        **timing,
+        "streamed": streamed,
+        **timings,
     }
+    history = np.array(history, dtype=np.float64).reshape(-1, 3)
     try:
         h5io.write_model(job.model, {"W1": w1, "W2": w2, "b1": b1, "b2": b2}, history, model_attrs)
     except SaeError as err:
@@ -312,8 +409,8 @@ def run(comm, hp: dict, job: Job) -> None:
         Path(job.checkpoint).unlink(missing_ok=True)
     log.info(
         "cost %.6f after %d evaluations; loop %.2f s; wrote %s",
-        result.fun,
-        before + objective.evaluations,
-        loop_seconds,
+        opt.f,
+        opt.evaluations,
+        timings["train_seconds"],
         job.model,
     )

@@ -1,0 +1,252 @@
+"""Beyond memory: the patch stage and streamed training from 10^5 to 10^7 patches; prints Markdown tables.
+
+    flock /tmp/bench.lock python benchmarks/bench_memory.py          # about 6 minutes, 4 GB of disk
+    flock /tmp/bench.lock python benchmarks/bench_memory.py --quick  # small sizes, a smoke test
+
+Measured in one run on this machine, every file in a temporary folder (deleted at the end):
+1. the patch stage (`sample_patches.py`, the rule's script) at 10^5, 10^6 and 10^7 patches of
+   the whitened sample photographs: wall seconds, patches per second, peak RSS (its own getrusage);
+2. streamed training (train.memory_mb below the shard) against in memory, per evaluation, at
+   sizes that fit: 160k patches on one rank (memory_mb 4) and 10^6 on two (memory_mb 64),
+   alternating runs, bitwise-identical models checked (memory_mb 16 at 160k: larger pieces);
+3. 10^7 patches on two ranks with memory_mb 64 (a few iterations): per-evaluation time and peak
+   RSS per rank, against the shard's size in memory;
+4. the issue's done-when: `snakemake --cores 2 results/model.h5` with patches.count 4,000,000 and
+   train {memory_mb: 64, iterations: 3}, every process's peak RSS (VmHWM, polled from /proc);
+5. what 10^8 patches would take, here and on 64 ranks, from these rates and the README's
+   performance model.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "workflow" / "scripts"
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+V = 64
+# The README's performance model fitted on this machine (sweep_collectives, sweep_model):
+ALPHA, BETA, MESSAGE_BYTES = 1.75e-6, 0.142e-9, 64.8 * 1024  # s, s/byte, bytes per evaluation
+EVALUATIONS = 411  # per 400 L-BFGS iterations (the sweep's median)
+
+
+def run(cmd, **kwargs):
+    cmd = [str(c) for c in cmd]
+    return subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True, **kwargs)
+
+
+def train(patches, out, ranks, iterations, extra=()):
+    """Train with the rule's script on ``ranks`` MPI processes; returns the model's attributes."""
+    launch = [shutil.which("mpiexec", path=ENV["PATH"]), "-n", ranks] if ranks > 1 else []
+    run([*launch, sys.executable, SCRIPTS / "train_model.py", patches, out,
+         "--side", 8, "--hidden", 25, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
+         "--iterations", iterations, "--seed", 0, "--block-size", 128, "--precision", "float32",
+         *extra])  # fmt: skip
+    with h5py.File(out) as f:
+        attrs = dict(f.attrs)
+        attrs["W1"] = f["W1"][()]
+    return attrs
+
+
+def per_evaluation(attrs) -> float:
+    return attrs["loop_seconds_max"] / attrs["evaluations"]
+
+
+def patch_stage(images, out, count):
+    """(seconds, peak RSS MB) of the patch stage writing ``count`` patches."""
+    start = time.perf_counter()
+    proc = run([sys.executable, SCRIPTS / "sample_patches.py", images, out,
+                "--count", count, "--side", 8, "--seed", 0])  # fmt: skip
+    seconds = time.perf_counter() - start
+    return seconds, float(re.search(r"peak RSS (\d+) MB", proc.stdout).group(1))
+
+
+def patch_table(images, folder, counts):
+    print("\n| patches | file MB | seconds | patches per second | peak RSS MB |")
+    print("|---:|---:|---:|---:|---:|")
+    rates = {}
+    for count in counts:
+        out = folder / f"patches_{count}.h5"
+        seconds, peak = patch_stage(images, out, count)
+        rates[count] = count / seconds
+        mb = out.stat().st_size / 2**20
+        print(f"| {count:,} | {mb:,.0f} | {seconds:.1f} | {count / seconds:,.0f} | {peak:.0f} |")
+    return rates
+
+
+def streaming_table(folder, cases, repeats):
+    """Per evaluation, streamed against in memory: alternating runs, medians and best."""
+    print(
+        "\n| N, ranks | memory_mb | ms per evaluation, in memory | streamed "
+        "| streamed / in memory: median (best) | model |"
+    )
+    print("|---|---:|---:|---:|---:|---|")
+    ratios = {}
+    for patches, n, ranks, cap, iterations in cases:
+        whole, streamed, same = [], [], True
+        for _ in range(repeats):
+            a = train(patches, folder / "a.h5", ranks, iterations)
+            b = train(patches, folder / "b.h5", ranks, iterations, ["--memory-mb", cap])
+            assert b["streamed"] and not a["streamed"]
+            same &= np.array_equal(a["W1"], b["W1"]) and a["cost"] == b["cost"]
+            whole.append(per_evaluation(a))
+            streamed.append(per_evaluation(b))
+        ratio = np.median(streamed) / np.median(whole)
+        ratios[(n, ranks)] = ratio
+        print(f"| {n:,}, {ranks} | {cap} | {1e3 * np.median(whole):.1f} | {1e3 * np.median(streamed):.1f} "
+              f"| {ratio:.2f}x ({min(streamed) / min(whole):.2f}x) "
+              f"| {'bitwise identical' if same else 'DIFFERENT'} |")  # fmt: skip
+    return ratios
+
+
+def large_table(patches, n, folder, ranks, cap, iterations):
+    attrs = train(patches, folder / "large.h5", ranks, iterations, ["--memory-mb", cap])
+    seconds = per_evaluation(attrs)
+    print(f"\n| N = {n:,}, {ranks} ranks, memory_mb {cap} | value |")
+    print("|---|---:|")
+    print(f"| load and first read, s | {attrs['load_seconds_max']:.1f} |")
+    print(f"| seconds per evaluation | {seconds:.2f} |")
+    print(f"| ns per patch and evaluation (per rank) | {1e9 * seconds * ranks / n:.0f} |")
+    print(f"| peak RSS per rank, MB (max over ranks) | {attrs['peak_rss_mb_max']:.0f} |")
+    print(f"| the shard in memory would be, MB | {attrs['shard_mb_max']:,.0f} |")
+    return seconds * ranks / n  # seconds per patch and evaluation on one rank, streamed
+
+
+def descendants(pid):
+    """PIDs of every process below ``pid``."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def peak_kib(pid):
+    """(name, VmHWM in KiB) of a running process, or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
+    script = next(
+        (Path(a.decode()).name for a in cmdline if a.endswith(b".py")), Path(cmdline[0].decode()).name
+    )
+    script = "snakemake" if b"snakemake" in cmdline else script
+    return (script, int(hwm.group(1))) if hwm else None
+
+
+def done_when(folder, count, cap, iterations):
+    """The issue's check: the whole workflow at ``count`` patches with a memory cap; peaks per process."""
+    work = folder / "workflow"
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "config", "profiles"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    config = {"patches": {"count": count}, "train": {"memory_mb": cap, "iterations": iterations}}
+    (work / "big.yaml").write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "results/model.h5", "--cores", "2",
+                             "--configfile", "big.yaml"], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    peaks = {}
+    while proc.poll() is None:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            seen = peak_kib(pid)
+            if seen:
+                peaks[(pid, seen[0])] = max(peaks.get((pid, seen[0]), 0), seen[1])
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"the workflow failed ({proc.returncode}); see {work}/results/logs")
+    by_name = {}
+    for (_, name), kib in peaks.items():
+        by_name[name] = max(by_name.get(name, 0), kib)
+    logged = {}
+    for rule in ("images", "patches"):
+        text = (work / "results" / "logs" / f"{rule}.log").read_text()
+        logged[rule] = float(re.search(r"peak RSS (\d+) MB", text).group(1))
+    with h5py.File(work / "results" / "model.h5") as f:
+        logged["train"] = float(f.attrs["peak_rss_mb_max"])
+    print(f"\n`snakemake --cores 2 results/model.h5` with patches.count {count:,}, "
+          f"train.memory_mb {cap}, train.iterations {iterations}: {seconds:.0f} s wall. "
+          "Peak RSS (VmHWM) of every process seen:")  # fmt: skip
+    print("\n| process | peak RSS MB |")
+    print("|---|---:|")
+    for name, kib in sorted(by_name.items(), key=lambda item: -item[1]):
+        print(f"| {name} | {kib / 1024:.0f} |")
+    print("\nAs the stages log it (getrusage): " + ", ".join(f"{k} {v:.0f} MB" for k, v in logged.items()))
+    return max(by_name.values()) / 1024
+
+
+def extrapolate(patch_rate, c_streamed, optimizer):
+    """What 10^8 patches would take, on this machine and on 64 ranks."""
+    n = 1e8
+
+    def evaluation(p):
+        return c_streamed * n / p + optimizer + np.ceil(np.log2(p)) * (2 * ALPHA + BETA * MESSAGE_BYTES)
+
+    print(f"\n10^8 patches (a {n * V * 4 / 2**30:.0f} GB patches.h5): the patch stage at "
+          f"{patch_rate:,.0f} patches/s takes {n / patch_rate / 60:.0f} min here, "
+          "in the same memory as 10^5.")  # fmt: skip
+    for p in (2, 64):
+        t = evaluation(p)
+        print(f"Training on {p} ranks (streamed, {c_streamed * 1e9:.0f} ns per patch and evaluation "
+              "per rank, "
+              f"{EVALUATIONS} evaluations for 400 iterations): {t:.2f} s per evaluation, "
+              f"{EVALUATIONS * t / 3600:.2f} h in all; each rank holds at most memory_mb of patches "
+              f"(its shard would be {n / p * (V + 1) * 4 / 2**30:.1f} GB).")  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = parser.parse_args()
+    counts = [10**4, 10**5] if args.quick else [10**5, 10**6, 10**7]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        images = folder / "images.h5"
+        run([sys.executable, SCRIPTS / "load_images.py", images])
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+        print(f"Machine: {os.cpu_count()} CPUs, {ram:.0f} GB RAM; "
+              "patch stage on the ten whitened sample photographs, 8x8 patches.")  # fmt: skip
+        rates = patch_table(images, folder, counts)
+        small = folder / "patches_160k.h5"
+        patch_stage(images, small, 16000 if args.quick else 160000)
+        n_small, iterations = (16000, 10) if args.quick else (160000, 30)
+        cases = [(small, n_small, 1, cap, iterations) for cap in ((1,) if args.quick else (4, 16))]
+        cases.append((folder / f"patches_{counts[1]}.h5", counts[1], 2, 1 if args.quick else 64, 5))
+        streaming_table(folder, cases, 1 if args.quick else 3)
+        c_streamed = large_table(folder / f"patches_{counts[-1]}.h5", counts[-1], folder, 2,
+                                 1 if args.quick else 64, 3)  # fmt: skip
+        for count in counts:
+            (folder / f"patches_{count}.h5").unlink()
+        peak = done_when(folder, 40000 if args.quick else 4_000_000, 1 if args.quick else 64, 3)
+        print(f"Largest: {peak:.0f} MB.")
+        a = train(small, folder / "opt.h5", 1, 30)
+        extrapolate(max(rates.values()), c_streamed, a["optimizer_seconds"] / a["evaluations"])
+
+
+if __name__ == "__main__":
+    main()

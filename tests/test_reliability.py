@@ -210,6 +210,10 @@ def test_streaming_a_shard_larger_than_the_cap_gives_the_same_model_in_less_memo
         saved = a.attrs["peak_rss_mb_max"] - b.attrs["peak_rss_mb_max"]
         # Streaming holds about 1 MB of patches instead of the whole shard.
         assert saved > a.attrs["shard_mb_max"] - 1 - 6
+    # A cap whose pieces hold whole HDF5 chunks (they end on chunk boundaries), on 2 ranks.
+    mpirun(2, *train_args(patches, tmp_path / "c.h5", iterations=8), "--memory-mb", 6)
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "c.h5") as c:
+        assert c.attrs["streamed"] and np.array_equal(a["W1"][()], c["W1"][()])
 
 
 def test_streaming_works_on_several_ranks(tmp_path, patches_1001):

@@ -335,7 +335,7 @@ def test_a_full_disk_while_writing_images_keeps_the_earlier_file(tmp_path):
 
 
 def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
-    """Snakemake's retries: a rank killed mid-training, the next attempt resumes and finishes."""
+    """Snakemake's retries: a rank killed mid-training, the next attempt resumes and ends bit for bit."""
     import yaml
 
     config = {
@@ -372,5 +372,9 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     resumed = re.search(r"resumed from iteration (\d+),", log)
     assert resumed, log
     assert 10 <= int(resumed.group(1)) < ITERATIONS and int(resumed.group(1)) % 5 == 0
-    with h5py.File(workflow_copy / "results" / "model.h5") as f:
-        assert f.attrs["iterations"] == ITERATIONS and f.attrs["resumed_from"] == int(resumed.group(1))
+    model = read_model(workflow_copy / "results" / "model.h5")
+    assert model[1]["resumed_from"] == int(resumed.group(1))
+    # the uninterrupted training of the same config (the defaults train_args passes) on the same patches
+    patches = workflow_copy / "results" / "patches.h5"
+    mpirun(2, *train_args(patches, workflow_copy / "ref.h5", iterations=ITERATIONS))
+    assert_same_bits(model, read_model(workflow_copy / "ref.h5"))

@@ -13,7 +13,8 @@ so an iteration reads them twice, whatever the memory: one matrix product gives
 every pair's dot products with the new y and g, and one matrix-vector product
 the direction. S^T Y and Y^T Y are kept up to date from those products; the rest
 is arithmetic on memory x memory matrices. A pair with s^T y <= eps y^T y is
-skipped, so H stays positive definite.
+skipped (the oldest pair, whose place it took, is dropped all the same), so H
+stays positive definite.
 
 Line search, for the strong Wolfe conditions
 
@@ -30,9 +31,11 @@ returns them and ``LBFGS.from_state`` continues from them, so a run stopped at
 any evaluation, mid-line-search included, and restored ends bit for bit where
 the uninterrupted run does.
 
-Stops: |g| <= gtol (scipy's L-BFGS-B: max |g_i| <= gtol), or a relative decrease
-(f_old - f_new) / max(|f_old|, |f_new|, 1) <= ftol; or a line search that finds
-no acceptable step twice in a row (once with the memory cleared).
+A search that finds no acceptable step in ``max_line_evals`` evaluations takes
+the best step it saw if that lowered f (evaluated once more), else starts again
+along -g with the memory cleared. Stops: |g| <= gtol (scipy's L-BFGS-B: max |g_i|
+<= gtol), a relative decrease (f_old - f_new) / max(|f_old|, |f_new|, 1) <= ftol,
+or no acceptable step along -g either.
 """
 
 from __future__ import annotations

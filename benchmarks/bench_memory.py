@@ -1,6 +1,6 @@
 """Beyond memory: the patch stage and streamed training from 10^5 to 10^7 patches; prints Markdown tables.
 
-    flock /tmp/bench.lock python benchmarks/bench_memory.py          # about 6 minutes, 4 GB of disk
+    flock /tmp/bench.lock python benchmarks/bench_memory.py          # about 8 minutes, 4 GB of disk
     flock /tmp/bench.lock python benchmarks/bench_memory.py --quick  # small sizes, a smoke test
 
 Measured in one run on this machine, every file in a temporary folder (deleted at the end):
@@ -9,6 +9,7 @@ Measured in one run on this machine, every file in a temporary folder (deleted a
 2. streamed training (train.memory_mb below the shard) against in memory, per evaluation, at
    sizes that fit: 160k patches on one rank (memory_mb 4) and 10^6 on two (memory_mb 64),
    alternating runs, bitwise-identical models checked (memory_mb 16 at 160k: larger pieces);
+   and one evaluation's pass alone, in this process, 30 alternating passes;
 3. 10^7 patches on two ranks with memory_mb 64 (a few iterations): per-evaluation time and peak
    RSS per rank, against the shard's size in memory;
 4. the issue's done-when: `snakemake --cores 2 results/model.h5` with patches.count 4,000,000 and
@@ -108,6 +109,43 @@ def streaming_table(folder, cases, repeats):
               f"| {ratio:.2f}x ({min(streamed) / min(whole):.2f}x) "
               f"| {'bitwise identical' if same else 'DIFFERENT'} |")  # fmt: skip
     return ratios
+
+
+def passes_table(patches, n, caps, repeats):
+    """One evaluation's pass over a shard, in this process: in memory against streamed.
+
+    The kernel of the training over every block, alternating in-memory and streamed passes
+    (StreamedShard with its reader thread), the best and median of ``repeats`` each: the
+    loop of the table above without the optimizer and process start-up, less noisy.
+    """
+    sys.path.insert(0, str(SCRIPTS))
+    from sae import h5io
+    from sae.objective import BlockKernel, initial_theta, to_blocks
+    from sae.train import StreamedShard
+
+    kernel = BlockKernel(V, 25, 128, np.float32)
+    theta = initial_theta(V, 25, np.random.default_rng(0))
+    units = np.zeros(kernel.sums.size)
+
+    def evaluation(blocks):
+        start = time.perf_counter()
+        kernel.set_params(theta, n, 1.0)
+        for b in blocks:
+            kernel.accumulate(b, units)
+        return time.perf_counter() - start
+
+    print(f"\n| one evaluation's pass, N = {n:,}, 1 rank | ms in memory | ms streamed "
+          "| streamed / in memory: best (median) |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    with h5io.PatchRows(patches) as rows:
+        whole = to_blocks(rows.read(0, n), 128, np.float32)
+        for cap in caps:
+            streamed = StreamedShard(rows, 0, n, 128, np.float32, cap * 2**20)
+            evaluation(streamed)  # the first pass checks the checksums
+            a, b = zip(*[(evaluation(whole), evaluation(streamed)) for _ in range(repeats)], strict=True)
+            ratio = np.median(np.array(b) / np.array(a))
+            print(f"| memory_mb {cap} | {1e3 * min(a):.1f} | {1e3 * min(b):.1f} "
+                  f"| {min(b) / min(a):.2f}x ({ratio:.2f}x) |")  # fmt: skip
 
 
 def large_table(patches, n, folder, ranks, cap, iterations):
@@ -238,6 +276,7 @@ def main():
         cases = [(small, n_small, 1, cap, iterations) for cap in ((1,) if args.quick else (4, 16))]
         cases.append((folder / f"patches_{counts[1]}.h5", counts[1], 2, 1 if args.quick else 64, 5))
         streaming_table(folder, cases, 1 if args.quick else 3)
+        passes_table(small, n_small, (1,) if args.quick else (4, 16, 64), 30)
         c_streamed = large_table(folder / f"patches_{counts[-1]}.h5", counts[-1], folder, 2,
                                  1 if args.quick else 64, 3)  # fmt: skip
         for count in counts:

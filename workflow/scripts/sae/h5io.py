@@ -21,9 +21,10 @@ model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
 
 Every file is written straight to disk (never assembled in memory, so files larger
 than memory work) under a temporary name in the same folder, and renamed when
-complete: a reader never sees a half-written file. A disk without room for the data
-is refused before writing; any failure while writing (a disk that fills up anyway)
-removes the temporary file, so the earlier file stays in place.
+complete: a reader never sees a half-written file. The disk space is reserved before
+HDF5 writes (HDF5 crashes the process when a file is closed after a failed write), so a
+full disk is an error before the file is touched; any failure removes the temporary
+file, and the earlier file stays in place.
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 
 import slurm_cluster  # noqa: E402
+from bench_training import make_patches  # noqa: E402  (this folder: the same patches)
 
-from sae import h5io, images, patches  # noqa: E402
+from sae import h5io  # noqa: E402
 from sae.sweep import model as perf  # noqa: E402
 from sae.sweep import records  # noqa: E402
 
@@ -72,13 +73,6 @@ def set_network(qdisc: str | None) -> bool:
         if qdisc and subprocess.run([*enter, "add", "dev", "eth0", "root", *qdisc.split()]).returncode:
             return False
     return True
-
-
-def make_patches(path: Path, count: int) -> None:
-    imgs, _, _ = images.load("sample", whitened=True)
-    data = patches.sample(imgs, count, 8, seed=0)
-    sigma = patches.normalize(data)
-    h5io.write_patches(path, data, {"seed": 0, "side": 8, "count": count, "sigma": sigma})
 
 
 def collectives(folder: Path, data: Path, ranks: int, repeats: int) -> list[dict]:
@@ -169,7 +163,8 @@ def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
             print(f"| {n:,} | {p} | {mine[0]['hosts']} | {e} | {loop:.3f} | {parts['loop']:.3f} |"
                   f" {100 * (parts['loop'] / loop - 1):+.1f}% | {parts['communication']:.3f} |"
                   f" {shared:.3f} | {100 * (shared / loop - 1):+.1f}% |")  # fmt: skip
-    print(f"\n(this machine has {cores} cores: the model assumes a core per rank)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n(this machine has {cores} cores: the model assumes a core per rank; load average now {load})")
 
 
 if __name__ == "__main__":

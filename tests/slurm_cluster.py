@@ -69,6 +69,11 @@ def netns(i: int) -> str:
     return f"sae-node{i}"
 
 
+def veth(i: int) -> str:
+    """The host end of node i's veth pair (the node's end is its eth0)."""
+    return f"sae-veth{i}"
+
+
 def node_addr(i: int) -> str:
     return f"{SUBNET}.{10 + i}"
 
@@ -328,15 +333,28 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE OverSubscribe=NO Stat
     )
 
 
+def _remove_stale_links(nodes: int) -> None:
+    """Delete veth pairs and a bridge with this module's names left by an unfinished stop().
+
+    A deleted namespace lives on while anything holds it (e.g. a copy of the mount of
+    /run/netns/<name> in another mount namespace); deleting a veth's host end removes the
+    pair even then.
+    """
+    for name in [*(veth(i) for i in range(1, nodes + 1)), BRIDGE]:
+        if _ok("ip", "link", "show", name):
+            _must("ip", "link", "delete", name)
+
+
 def _setup_network(nodes: int, state: dict) -> None:
     """The bridge and, per node, a namespace with a veth pair into it (recorded as made)."""
+    _remove_stale_links(nodes)
     _must("ip", "link", "add", BRIDGE, "type", "bridge")
     state["bridge"] = BRIDGE
     _write_state(state)
     _must("ip", "addr", "add", f"{CONTROLLER_ADDR}/24", "dev", BRIDGE)
     _must("ip", "link", "set", BRIDGE, "up")
     for i in range(1, nodes + 1):
-        ns, host_end = netns(i), f"sae-veth{i}"
+        ns, host_end = netns(i), veth(i)
         _must("ip", "netns", "add", ns)
         state["netns"].append({"name": ns, "inode": _netns_inode(f"/run/netns/{ns}")})
         _write_state(state)
@@ -429,6 +447,7 @@ def stop(timeout: float = 15) -> bool:
     for ns in state["netns"]:  # jobs' processes left in a node (slurmstepd, ranks)
         if ns["inode"] is not None:
             _terminate([p for p in map(_identity, _pids_in_netns(ns["inode"])) if p], timeout)
+        _run("ip", "link", "delete", veth(int(ns["name"].removeprefix("sae-node"))))
         _run("ip", "netns", "delete", ns["name"])
     if state["bridge"]:
         _run("ip", "link", "delete", state["bridge"])

@@ -211,7 +211,7 @@ def test_a_lost_node_ends_the_job_and_the_retry_resumes_on_the_other(cluster, tm
         (jobid,) = [int(p.stem) for p in (folder / ".snakemake/slurm_logs/rule_train").glob("*.log")]
         assert slurm_job_state(jobid) == "RUNNING"
         # node2 is lost: its link goes down, then everything in it dies (slurmd, step, ranks)
-        subprocess.run(["ip", "link", "set", "sae-veth2", "down"], check=True)
+        subprocess.run(["ip", "link", "set", slurm_cluster.veth(2), "down"], check=True)
         for pid in slurm_cluster.node_processes(2):
             os.kill(pid, signal.SIGKILL)
         lost = time.monotonic()

@@ -47,8 +47,8 @@ def describe(s: dict) -> str:
 def plot(history: np.ndarray, s: dict, path) -> None:
     """training.png: cost (top) and gradient norm (bottom) on log scales against iteration.
 
-    An inset draws the cost after the first 5% of the iterations on a linear
-    scale. A resumed run has a dashed line after the iteration it resumed from;
+    From 40 iterations on, an inset draws the cost after the first 5% of the
+    iterations on a linear scale. A resumed run has a dashed line after the iteration it resumed from;
     the title is describe(s).
     """
     import matplotlib

@@ -100,7 +100,8 @@ def main():
     repeats, iterations, bench_repeats = (1, 30, 100) if args.quick else (3, 100, 300)
     started = slurm_cluster.start(nodes=2)
     try:
-        with tempfile.TemporaryDirectory(dir=REPO) as tmp:  # on the shared file system
+        (REPO / "results").mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=REPO / "results") as tmp:  # shared by the nodes, git-ignored
             folder = Path(tmp)
             data = folder / "patches.h5"
             make_patches(data, max(sizes))

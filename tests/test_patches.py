@@ -13,10 +13,10 @@ from sae import SaeError, h5io, patches
 
 def test_sampling_is_seeded_and_takes_real_windows():
     imgs = smooth_images(3, 40)
-    a = patches.windows(imgs, 500, 8, 7, 0, 500)
+    a = patches.windows(imgs, 8, 7, 0, 500)
     assert a.shape == (500, 64)
-    assert np.array_equal(a, patches.windows(imgs, 500, 8, 7, 0, 500))
-    assert not np.array_equal(a, patches.windows(imgs, 500, 8, 8, 0, 500))
+    assert np.array_equal(a, patches.windows(imgs, 8, 7, 0, 500))
+    assert not np.array_equal(a, patches.windows(imgs, 8, 8, 0, 500))
     # Every row is an 8x8 window of one of the images.
     for row in a[:20]:
         tile = row.reshape(8, 8)
@@ -30,7 +30,7 @@ def test_sampling_is_seeded_and_takes_real_windows():
 
 def test_sampling_covers_every_image_and_position():
     imgs = [np.arange(81.0).reshape(9, 9) + 100 * k for k in range(2)]
-    sampled = patches.windows(imgs, 4000, 8, 0, 0, 4000)
+    sampled = patches.windows(imgs, 8, 0, 0, 4000)
     # Top-left pixels of the 2 x 2 positions in each image.
     assert set(sampled[:, 0]) == {0, 1, 9, 10, 100, 101, 109, 110}
 
@@ -45,15 +45,16 @@ def test_patches_are_the_same_bits_for_any_piece_size():
     ]
     assert all(run.dtype == np.float32 and run.shape == (count, 64) for run in runs)
     assert all(np.array_equal(runs[0], run) for run in runs[1:])
-    # Any row range on its own is those rows of the whole sample.
-    whole = patches.windows(imgs, count, 8, 3, 0, count)
-    np.testing.assert_array_equal(patches.windows(imgs, count, 8, 3, 16000, 17000), whole[16000:17000])
+    # Any row range on its own is those rows of the whole sample (whatever the count: a
+    # smaller count's sample is the first rows of a larger one).
+    whole = patches.windows(imgs, 8, 3, 0, count)
+    np.testing.assert_array_equal(patches.windows(imgs, 8, 3, 16000, 17000), whole[16000:17000])
 
 
 def test_normalization_as_in_ngs_exercise():
     imgs, count = smooth_images(), 2000
     x, sigma = patches.sample(imgs, count, 8, 0)
-    raw = patches.windows(imgs, count, 8, 0, 0, count)
+    raw = patches.windows(imgs, 8, 0, 0, count)
     centered = raw - raw.mean(axis=1, keepdims=True)
     assert sigma == pytest.approx(centered.std(), rel=1e-12)
     assert x.dtype == np.float32 and x.min() >= np.float32(0.1) and x.max() <= np.float32(0.9)

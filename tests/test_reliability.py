@@ -210,6 +210,10 @@ def test_streaming_a_shard_larger_than_the_cap_gives_the_same_model_in_less_memo
         saved = a.attrs["peak_rss_mb_max"] - b.attrs["peak_rss_mb_max"]
         # Streaming holds about 1 MB of patches instead of the whole shard.
         assert saved > a.attrs["shard_mb_max"] - 1 - 6
+    # A cap whose pieces hold whole HDF5 chunks (they end on chunk boundaries), on 2 ranks.
+    mpirun(2, *train_args(patches, tmp_path / "c.h5", iterations=8), "--memory-mb", 6)
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "c.h5") as c:
+        assert c.attrs["streamed"] and np.array_equal(a["W1"][()], c["W1"][()])
 
 
 def test_streaming_works_on_several_ranks(tmp_path, patches_1001):
@@ -331,7 +335,7 @@ def test_a_full_disk_while_writing_images_keeps_the_earlier_file(tmp_path):
 
 
 def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
-    """Snakemake's retries: a rank killed mid-training, the next attempt resumes and finishes."""
+    """Snakemake's retries: a rank killed mid-training, the next attempt resumes and ends bit for bit."""
     import yaml
 
     config = {
@@ -368,5 +372,9 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     resumed = re.search(r"resumed from iteration (\d+),", log)
     assert resumed, log
     assert 10 <= int(resumed.group(1)) < ITERATIONS and int(resumed.group(1)) % 5 == 0
-    with h5py.File(workflow_copy / "results" / "model.h5") as f:
-        assert f.attrs["iterations"] == ITERATIONS and f.attrs["resumed_from"] == int(resumed.group(1))
+    model = read_model(workflow_copy / "results" / "model.h5")
+    assert model[1]["resumed_from"] == int(resumed.group(1))
+    # the uninterrupted training of the same config (the defaults train_args passes) on the same patches
+    patches = workflow_copy / "results" / "patches.h5"
+    mpirun(2, *train_args(patches, workflow_copy / "ref.h5", iterations=ITERATIONS))
+    assert_same_bits(model, read_model(workflow_copy / "ref.h5"))

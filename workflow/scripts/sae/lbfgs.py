@@ -13,7 +13,8 @@ so an iteration reads them twice, whatever the memory: one matrix product gives
 every pair's dot products with the new y and g, and one matrix-vector product
 the direction. S^T Y and Y^T Y are kept up to date from those products; the rest
 is arithmetic on memory x memory matrices. A pair with s^T y <= eps y^T y is
-skipped, so H stays positive definite.
+skipped (the oldest pair, whose place it took, is dropped all the same), so H
+stays positive definite.
 
 Line search, for the strong Wolfe conditions
 
@@ -30,9 +31,11 @@ returns them and ``LBFGS.from_state`` continues from them, so a run stopped at
 any evaluation, mid-line-search included, and restored ends bit for bit where
 the uninterrupted run does.
 
-Stops: |g| <= gtol (scipy's L-BFGS-B: max |g_i| <= gtol), or a relative decrease
-(f_old - f_new) / max(|f_old|, |f_new|, 1) <= ftol; or a line search that finds
-no acceptable step twice in a row (once with the memory cleared).
+A search that finds no acceptable step in ``max_line_evals`` evaluations takes
+the best step it saw if that lowered f (evaluated once more), else starts again
+along -g with the memory cleared. Stops: |g| <= gtol (scipy's L-BFGS-B: max |g_i|
+<= gtol), a relative decrease (f_old - f_new) / max(|f_old|, |f_new|, 1) <= ftol,
+or no acceptable step along -g either.
 """
 
 from __future__ import annotations
@@ -85,13 +88,16 @@ class LBFGS:
             "ftol": float(ftol), "max_line_evals": int(max_line_evals),
         }  # fmt: skip
         self.x = x0.copy()  # the iterate
-        self._yg = np.zeros((2, n))  # scratch y, and the gradient at x: [y; g]
-        self.g = self._yg[1]  # the gradient at x
         self.d = np.zeros(n)  # the search direction
         self.xt = x0.copy()  # the trial point: x + t d, or x0 before the first evaluation
+        # One array holds the pairs, then the newest y and the gradient at x: the products
+        # with [y; g] and the direction (pairs and g together) are one BLAS call each.
         # Pair i lives in rows 2i (s) and 2i+1 (y) of ``memory`` slots; a new pair takes the
         # oldest one's slot when all are in use. order: slots of the kept pairs, oldest first.
-        self.pairs = np.zeros((2 * m, n))
+        self._rows = np.zeros((2 * m + 2, n))
+        self.pairs = self._rows[: 2 * m]
+        self._yg = self._rows[2 * m :]  # [y; g]
+        self.g = self._rows[-1]  # the gradient at x
         self.sy = np.zeros((m, m))  # s_i . y_j for i older than (or equal to) j, else 0
         self.yy = np.zeros((m, m))  # y_i . y_j
         self.order: list[int] = []
@@ -99,8 +105,7 @@ class LBFGS:
         self.f = self.grad_norm = self.dg0 = self.t = math.nan
         self.t_lo = self.f_lo = self.dg_lo = self.t_hi = self.f_hi = self.dg_hi = math.nan
         self.line_evals = 0
-        self._hg = np.empty(n)  # scratch: the pairs' part of H g
-        self._coef = np.empty((m, 2))  # scratch: its coefficients, per slot (s, y)
+        self._coef = np.empty((m + 1, 2))  # scratch: -H g's coefficients for the rows
 
     # -- state -------------------------------------------------------------------------------
 
@@ -272,13 +277,12 @@ class LBFGS:
             r_inv_sg = dtrsv(r, sg)
             inner = np.diagonal(r) * r_inv_sg
             inner += gamma * (self.yy[rows, o] @ r_inv_sg - yg)
-            coef = self._coef  # [S gamma Y] M [S^T g; gamma Y^T g], pair by pair
+            coef = self._coef  # -(gamma g + [S gamma Y] M [S^T g; gamma Y^T g]), row by row
             coef.fill(0.0)
-            coef[o, 0] = dtrsv(r, inner, trans=1)
-            coef[o, 1] = -gamma * r_inv_sg
-            np.matmul(coef.reshape(-1), self.pairs, out=self._hg)
-            np.multiply(self.g, -gamma, out=self.d)
-            self.d -= self._hg
+            coef[o, 0] = dtrsv(r, -inner, trans=1)
+            coef[o, 1] = gamma * r_inv_sg
+            coef[-1, 1] = -gamma  # the row of g
+            np.matmul(coef.reshape(-1), self._rows, out=self.d)
             self.dg0 = float(np.dot(self.g, self.d))
             step = 1.0
         if not o.size or not self.dg0 < 0:  # no pairs, or rounding spoilt descent: steepest descent

@@ -3,8 +3,9 @@
 Patch i belongs to sampling block i // BLOCK, whose draws (image uniformly, then
 position uniformly) come from its own generator, SeedSequence(seed, spawn_key=(block,)),
 the block-th child of SeedSequence(seed).spawn. So any row range can be made on its
-own, and the patches are the same bits however the work is cut into pieces. BLOCK is
-part of the sample's definition, not a tuning knob.
+own, and the patches are the same bits however the work is cut into pieces; a smaller
+count gives the first rows of a larger one. BLOCK is part of the sample's definition,
+not a tuning knob.
 
 sigma (the standard deviation of all values after each patch's mean is removed) needs
 every patch before the first can be normalized: a first pass sums the squares per
@@ -38,11 +39,14 @@ def check_side(shapes, side: int) -> None:
         raise SaeError(f"patches.side = {side} is larger than the smallest image side ({smallest})")
 
 
-def block_draws(shapes, count: int, side: int, seed: int, block: int):
-    """(which image, top row, left column) of every patch of sampling block ``block``."""
+def block_draws(shapes, side: int, seed: int, block: int):
+    """(which image, top row, left column) of the BLOCK patches of sampling block ``block``.
+
+    Always a whole block, whatever the count: the sample of N patches is the first N
+    rows of any larger sample with the same seed.
+    """
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
-    size = min(BLOCK, count - block * BLOCK)
-    which = rng.integers(len(shapes), size=size)
+    which = rng.integers(len(shapes), size=BLOCK)
     heights = np.array([s[0] for s in shapes])
     widths = np.array([s[1] for s in shapes])
     rows = rng.integers(0, heights[which] - side + 1)
@@ -50,8 +54,8 @@ def block_draws(shapes, count: int, side: int, seed: int, block: int):
     return which, rows, cols
 
 
-def windows(images, count: int, side: int, seed: int, start: int, stop: int, shapes=None, out=None):
-    """Raw patches [start, stop) of the sample of ``count`` (stop - start, side*side), float64.
+def windows(images, side: int, seed: int, start: int, stop: int, shapes=None, out=None):
+    """Raw patches [start, stop) of the sample (stop - start, side*side), float64.
 
     ``images[k]`` is read once per sampling block that has a patch from image k.
     out: an array of at least stop - start rows to fill (reused from piece to piece).
@@ -61,7 +65,7 @@ def windows(images, count: int, side: int, seed: int, start: int, stop: int, sha
     for block in range(start // BLOCK, -(-stop // BLOCK)):
         a, b = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
         which, rows, cols = (
-            d[a - block * BLOCK : b - block * BLOCK] for d in block_draws(shapes, count, side, seed, block)
+            d[a - block * BLOCK : b - block * BLOCK] for d in block_draws(shapes, side, seed, block)
         )
         order = np.argsort(which, kind="stable")
         bounds = np.searchsorted(which[order], np.arange(len(shapes) + 1))
@@ -72,9 +76,9 @@ def windows(images, count: int, side: int, seed: int, start: int, stop: int, sha
     return out
 
 
-def centered(images, count, side, seed, start, stop, shapes=None, out=None) -> np.ndarray:
+def centered(images, side, seed, start, stop, shapes=None, out=None) -> np.ndarray:
     """Patches [start, stop) with each patch's mean removed (float64); ``out`` as for windows."""
-    x = windows(images, count, side, seed, start, stop, shapes, out)
+    x = windows(images, side, seed, start, stop, shapes, out)
     x -= x.mean(axis=1, keepdims=True)
     return x
 
@@ -88,9 +92,7 @@ def sigma(images, count: int, side: int, seed: int) -> float:
     check_side(shapes, side)
     squares, buffer = [], np.empty((min(count, BLOCK), side * side))
     for block in range(-(-count // BLOCK)):
-        x = centered(
-            images, count, side, seed, block * BLOCK, min(count, (block + 1) * BLOCK), shapes, buffer
-        )
+        x = centered(images, side, seed, block * BLOCK, min(count, (block + 1) * BLOCK), shapes, buffer)
         squares.append(float(np.multiply(x, x, out=x).sum()))
     value = math.sqrt(math.fsum(squares) / (count * side * side))
     if value == 0:
@@ -117,7 +119,7 @@ def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = 
     buffer = np.empty((min(count, piece), side * side))
     rows = np.empty((min(count, piece), side * side), dtype=np.float32)
     for a in range(0, count, piece):
-        x = centered(images, count, side, seed, a, min(count, a + piece), shapes, buffer)
+        x = centered(images, side, seed, a, min(count, a + piece), shapes, buffer)
         out = rows[: len(x)]
         np.copyto(out, normalize(x, sigma))
         yield out

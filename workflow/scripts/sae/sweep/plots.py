@@ -241,7 +241,8 @@ def plot_model(model: dict, runs: list[dict], path, max_ranks: int = 1024, max_s
         ax_s.set_ylim(0.8, max_ranks * 1.2)
         ax_s.set_ylabel("Speedup  T(1, N) / T(p, N)")
         ax_s.set_title(f"{h} hidden units: predicted speedup (lines), measured (markers)")
-        ax_e.set_ylim(0, 1.1)
+        measured_top = max((r["efficiency"] for r in measured if r["hidden"] == h), default=1.0)
+        ax_e.set_ylim(0, max(1.1, 1.05 * measured_top))  # a noisy measurement stays in view
         ax_e.set_ylabel("Efficiency  speedup / p")
         ax_e.set_title(f"{h} hidden units: predicted efficiency (lines), measured (markers)")
         ax_s.plot([], [], "o", color="0.6", mec="k", mew=0.8, ms=7, label="measured (markers)")

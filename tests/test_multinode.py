@@ -274,3 +274,21 @@ def test_a_bad_watchdog_timeout_is_one_error_line(tmp_path, patches_2000):
     proc = subprocess.run(cmd, env={**env(), "SAE_MPI_TIMEOUT": "soon"}, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "error: SAE_MPI_TIMEOUT='soon': must be a number of seconds > 0" in proc.stderr
+
+
+def test_the_harness_refuses_a_slurm_it_did_not_start(tmp_path):
+    """A slurmd that tests/slurm_cluster.py did not start: an error at once, nothing started or stopped."""
+    if os.geteuid() != 0 or not shutil.which("slurmd"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the harness test (root and Slurm)")
+        pytest.skip("the harness needs root and Slurm")
+    fake = tmp_path / "slurmd"  # a real process of that name, not started by the harness
+    shutil.copy(shutil.which("sleep"), fake)
+    proc = subprocess.Popen([fake, "60"])
+    try:
+        with pytest.raises(slurm_cluster.ClusterError, match=rf"not started by .* slurmd \(pid {proc.pid}\)"):
+            slurm_cluster.start(nodes=2)
+        assert proc.poll() is None  # left alone
+    finally:
+        proc.kill()
+        proc.wait()

@@ -122,7 +122,8 @@ class DistributedObjective:
         self.compute_seconds = self.comm_seconds = 0.0
         self.evaluations = 0
         who = f"rank {comm.rank} on {socket.gethostname()}"
-        self.watchdog = Watchdog(collective_timeout(), who) if comm.size > 1 else None
+        # a bad $SAE_MPI_TIMEOUT is one error line from every rank alike (agree), not an abort
+        self.watchdog = Watchdog(agree(comm, collective_timeout), who) if comm.size > 1 else None
 
     def _local_sums(self):
         start = time.perf_counter()

@@ -27,6 +27,13 @@ def env():
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
+def unavailable(reason: str, what: str):
+    """A component the test needs is missing: skip with ``reason``, or fail in CI (CI=true)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run {what}: {reason}")
+    pytest.skip(reason)
+
+
 def run(cmd, cwd=REPO, check=True, timeout=600):
     """Run a command, returning the CompletedProcess (text output)."""
     proc = subprocess.run(

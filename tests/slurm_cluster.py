@@ -196,7 +196,8 @@ def _write_state(state: dict) -> None:
     tmp.replace(STATE)
 
 
-def _check_prerequisites(nodes: int) -> None:
+def check_prerequisites(nodes: int = 1) -> None:
+    """ClusterError naming what this machine lacks for a test cluster of ``nodes`` nodes."""
     if os.geteuid() != 0:
         raise ClusterError("the test Slurm cluster must be started as root")
     missing = [p for p in [*PROGRAMS.values(), *CLIENTS] if not Path(p).exists()]
@@ -403,7 +404,7 @@ def start(nodes: int = 1, timeout: float = 60) -> bool:
     Raises ClusterError, at once, if a slurmctld or slurmd runs that this
     module did not start: it neither reuses nor stops someone else's Slurm.
     """
-    _check_prerequisites(nodes)
+    check_prerequisites(nodes)
     state = _read_state()
     foreign = _foreign(state)
     if foreign:

@@ -23,7 +23,17 @@ import pytest
 import slurm_cluster
 import yaml
 
-from conftest import REPO, copy_workflow, env, make_patches_file, rank_pids, run, snakemake, train_args
+from conftest import (
+    REPO,
+    copy_workflow,
+    env,
+    make_patches_file,
+    rank_pids,
+    run,
+    snakemake,
+    train_args,
+    unavailable,
+)
 
 NODES = ("node1", "node2")
 TINY = {
@@ -74,24 +84,11 @@ def same_model(a, b):
 
 @pytest.fixture(scope="module")
 def cluster():
-    reason = None
-    if os.geteuid() != 0:
-        reason = "network namespaces and a Slurm cluster need root"
-    elif not all(shutil.which(cmd) for cmd in ("slurmctld", "slurmd", "munged", "sbatch")):
-        reason = "Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge)"
-    elif not all(shutil.which(cmd) for cmd in ("ip", "nsenter", "unshare")):
-        reason = "iproute2 is not installed (apt-get install iproute2)"
-    if reason is None:
-        try:
-            slurm_cluster.start(nodes=2)
-        except slurm_cluster.ClusterError as err:
-            if "network namespaces are unavailable" not in str(err):
-                raise
-            reason = str(err)  # e.g. a container without CAP_SYS_ADMIN
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the multi-node tests: {reason}")
-        pytest.skip(reason)
+    try:
+        slurm_cluster.check_prerequisites(nodes=2)  # e.g. no namespaces in a container without CAP_SYS_ADMIN
+    except slurm_cluster.ClusterError as err:
+        unavailable(str(err), "the multi-node tests")
+    slurm_cluster.start(nodes=2)
     yield
     slurm_cluster.stop()
 
@@ -279,9 +276,7 @@ def test_a_bad_watchdog_timeout_is_one_error_line(tmp_path, patches_2000):
 def test_the_harness_refuses_a_slurm_it_did_not_start(tmp_path):
     """A slurmd that tests/slurm_cluster.py did not start: an error at once, nothing started or stopped."""
     if os.geteuid() != 0 or not shutil.which("slurmd"):
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must run the harness test (root and Slurm)")
-        pytest.skip("the harness needs root and Slurm")
+        unavailable("the harness needs root and Slurm", "the harness test")
     fake = tmp_path / "slurmd"  # a real process of that name, not started by the harness
     shutil.copy(shutil.which("sleep"), fake)
     proc = subprocess.Popen([fake, "60"])

@@ -12,7 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import REPO, snakemake
+from conftest import REPO, snakemake, unavailable
 from sae import SaeError, curve, h5io, labels
 from sae.sweep import records, scaling
 
@@ -212,9 +212,7 @@ def chromium():
     elif os.geteuid() != 0:
         reason = "the browser test runs Chromium as root with --no-sandbox"
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test: {reason}")
-        pytest.skip(reason)
+        unavailable(reason, "the browser test")
     return path
 
 

@@ -15,7 +15,7 @@ import pytest
 import slurm_cluster
 import yaml
 
-from conftest import REPO, run
+from conftest import REPO, run, unavailable
 
 TINY = {
     "patches": {"count": 2000},
@@ -27,15 +27,10 @@ SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\
 
 @pytest.fixture(scope="module")
 def cluster():
-    reason = None
-    if os.geteuid() != 0:
-        reason = "starting a Slurm cluster needs root"
-    elif not all(shutil.which(cmd) for cmd in ("slurmctld", "slurmd", "munged", "sbatch")):
-        reason = "Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge)"
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the Slurm tests: {reason}")
-        pytest.skip(reason)
+    try:
+        slurm_cluster.check_prerequisites()
+    except slurm_cluster.ClusterError as err:
+        unavailable(str(err), "the Slurm tests")
     started = slurm_cluster.start()
     yield
     if started:

@@ -132,6 +132,11 @@ def reserve(f: h5py.File, nbytes: int) -> None:
         os.close(fd)
 
 
+def arrays_bytes(arrays: dict) -> int:
+    """The bytes of the data of a dict of arrays (datasets)."""
+    return sum(np.asarray(value).nbytes for value in arrays.values())
+
+
 def attrs_bytes(attrs: dict) -> int:
     """An upper bound of the bytes of a dict of HDF5 attributes."""
     return sum(np.asarray(value).nbytes + 128 for value in attrs.values())
@@ -313,7 +318,7 @@ class PatchRows(_InputFile):
 
 
 def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
-    nbytes = sum(np.asarray(v).nbytes for v in params.values()) + history.nbytes + attrs_bytes(attrs)
+    nbytes = arrays_bytes(params) + history.nbytes + attrs_bytes(attrs)
     with new_file(path, nbytes) as f:
         for name, value in params.items():
             f.create_dataset(name, data=value)
@@ -324,7 +329,7 @@ def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
 
 def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: dict) -> None:
     """The optimizer's state (arrays by name) and the history; ``fingerprint`` (JSON) names what it fits."""
-    nbytes = sum(np.asarray(v).nbytes for v in optimizer.values()) + history.nbytes
+    nbytes = arrays_bytes(optimizer) + history.nbytes
     with new_file(path, nbytes + len(json.dumps(fingerprint)) + 512) as f:
         group = f.create_group("optimizer")
         for name, value in optimizer.items():

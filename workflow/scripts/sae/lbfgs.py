@@ -10,11 +10,17 @@ where S, Y hold the last ``memory`` pairs s_i = x_{i+1} - x_i, y_i = g_{i+1} - g
 (oldest first), R is the upper triangle of S^T Y, D its diagonal and
 gamma = s^T y / y^T y of the newest pair. The pairs are the rows of one array,
 so an iteration reads them twice, whatever the memory: one matrix product gives
-every pair's dot products with the new y and g, and one matrix-vector product
-the direction. S^T Y and Y^T Y are kept up to date from those products; the rest
-is arithmetic on memory x memory matrices. A pair with s^T y <= eps y^T y is
-skipped (the oldest pair, whose place it took, is dropped all the same), so H
-stays positive definite.
+every pair's dot products with the new y and g (and g^T g), and one
+matrix-vector product the direction. S^T Y and Y^T Y are kept up to date from
+those products; the rest is arithmetic on memory x memory matrices, done on
+Python floats. A pair with s^T y <= eps y^T y is skipped (the oldest pair, whose
+place it took, is dropped all the same), so H stays positive definite.
+
+Rank 0 runs this while the other ranks wait, right after the objective's
+compute has pushed its data out of the CPU caches: then each numpy call costs
+several microseconds however small its arrays. An iteration therefore makes
+about ten numpy calls (the products above, the vector updates) and keeps the
+small algebra (the two triangular solves, g^T d) in plain Python.
 
 Line search, for the strong Wolfe conditions
 
@@ -43,10 +49,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg.blas import dtrsv
 
 NAME = "lbfgs-compact-wolfe"
-VERSION = 1  # of this algorithm and its state's layout; part of every checkpoint's fingerprint
+VERSION = 2  # of this algorithm and its state's layout; part of every checkpoint's fingerprint
 EPS = float(np.finfo(np.float64).eps)
 
 # phases
@@ -98,20 +103,22 @@ class LBFGS:
         self.pairs = self._rows[: 2 * m]
         self._yg = self._rows[2 * m :]  # [y; g]
         self.g = self._rows[-1]  # the gradient at x
-        self.sy = np.zeros((m, m))  # s_i . y_j for i older than (or equal to) j, else 0
-        self.yy = np.zeros((m, m))  # y_i . y_j
+        self.sy = [[0.0] * m for _ in range(m)]  # s_i . y_j for i older than (or equal to) j, else 0
+        self.yy = [[0.0] * m for _ in range(m)]  # y_i . y_j
         self.order: list[int] = []
         self.phase, self.iterations, self.evaluations, self.stop = START, 0, 0, 0
         self.f = self.grad_norm = self.dg0 = self.t = math.nan
         self.t_lo = self.f_lo = self.dg_lo = self.t_hi = self.f_hi = self.dg_hi = math.nan
         self.line_evals = 0
-        self._coef = np.empty((m + 1, 2))  # scratch: -H g's coefficients for the rows
+        self._products = np.empty((2 * m + 2, 2))  # scratch: every row against [y; g]
+        self._coef = np.empty(2 * m + 2)  # scratch: -H g's coefficients for the rows
 
     # -- state -------------------------------------------------------------------------------
 
     def state(self) -> dict:
         """Everything needed to continue, as numpy arrays (for a checkpoint)."""
-        arrays = {k: getattr(self, k) for k in ("x", "g", "d", "xt", "pairs", "sy", "yy")}
+        arrays = {k: getattr(self, k) for k in ("x", "g", "d", "xt", "pairs")}
+        arrays.update(sy=np.array(self.sy, dtype=float), yy=np.array(self.yy, dtype=float))
         arrays["order"] = np.array(self.order, dtype=np.int64)
         scalars = {k: np.array(getattr(self, k), dtype=np.int64 if k in INTS else float) for k in SCALARS}
         return {**arrays, **scalars}
@@ -120,10 +127,14 @@ class LBFGS:
     def from_state(cls, state: dict, **settings) -> LBFGS:
         """The optimizer ``state()`` described, with the same settings it was made with."""
         opt = cls(state["x"], **settings)
+        m = opt.settings["memory"]
         for k in ("x", "g", "d", "xt", "pairs", "sy", "yy"):
-            if getattr(opt, k).shape != state[k].shape:
-                raise ValueError(f"state {k} has shape {state[k].shape}, expected {getattr(opt, k).shape}")
+            shape = (m, m) if k in ("sy", "yy") else getattr(opt, k).shape
+            if shape != state[k].shape:
+                raise ValueError(f"state {k} has shape {state[k].shape}, expected {shape}")
+        for k in ("x", "g", "d", "xt", "pairs"):
             getattr(opt, k)[...] = state[k]
+        opt.sy, opt.yy = np.asarray(state["sy"], float).tolist(), np.asarray(state["yy"], float).tolist()
         opt.order = [int(i) for i in state["order"]]
         for k in SCALARS:
             setattr(opt, k, int(state[k]) if k in INTS else float(state[k]))
@@ -189,8 +200,11 @@ class LBFGS:
 
     def _try(self, t: float) -> None:
         self.t = t
-        np.multiply(self.d, t, out=self.xt)
-        self.xt += self.x
+        if t == 1.0:  # the usual first trial: one call (x + 1.0 d is x + d, bit for bit)
+            np.add(self.x, self.d, out=self.xt)
+        else:
+            np.multiply(self.d, t, out=self.xt)
+            self.xt += self.x
 
     def _bracket(self, t_lo, f_lo, dg_lo, t_hi, f_hi, dg_hi) -> None:
         self.phase = ZOOM
@@ -238,7 +252,7 @@ class LBFGS:
             slot, self.order = self.order[0], self.order[1:]
         else:
             slot = min(set(range(m)) - set(self.order))
-        yg = self._yg  # [y; g]: the new y and g side by side, for one product with all pairs
+        yg = self._yg  # [y; g]: the new y and g side by side, for one product with all rows
         np.subtract(g, self.g, out=yg[0])
         self.g[:] = g  # self.g is yg[1]
         np.subtract(self.xt, self.x, out=self.pairs[2 * slot])
@@ -246,49 +260,55 @@ class LBFGS:
         self.x, self.xt = self.xt, self.x
         f_old, self.f = self.f, f
         self.iterations += 1
-        products = self.pairs @ yg.T  # (2 m, 2)
-        self.grad_norm = math.sqrt(np.dot(self.g, self.g))
-        sy, yy = products[2 * slot, 0], products[2 * slot + 1, 0]
-        if sy > EPS * yy:
-            self.sy[slot, :] = 0.0  # the new s against older y: not part of R
-            self.sy[:, slot] = products[0::2, 0]
-            self.yy[:, slot] = self.yy[slot, :] = products[1::2, 0]
+        np.matmul(self._rows, yg.T, out=self._products)
+        products = self._products.tolist()  # row r: [row_r . y, row_r . g]; the last row is g
+        self.grad_norm = math.sqrt(products[-1][1])
+        if products[2 * slot][0] > EPS * products[2 * slot + 1][0]:  # s^T y > eps y^T y
+            sy, yy = self.sy, self.yy
+            sy[slot] = [0.0] * m  # the new s against older y: not part of R
+            for i in range(m):
+                sy[i][slot] = products[2 * i][0]
+                yy[i][slot] = products[2 * i + 1][0]
+            yy[slot] = [products[2 * i + 1][0] for i in range(m)]
             self.order = [*self.order, slot]
         if self.grad_norm <= self.settings["gtol"]:
             self.phase, self.stop = STOPPED, 1
         elif f_old - f <= self.settings["ftol"] * max(abs(f_old), abs(f), 1.0):
             self.phase, self.stop = STOPPED, 2
         else:
-            self._new_direction(products[:, 1])
+            self._new_direction(products)
         return True
 
     def _new_direction(self, products=None) -> None:
         """d = -H g from the kept pairs and a first trial step; starts the line search.
 
-        products: every row of ``pairs`` against g (needed when pairs are kept).
+        products: every row of ``_rows`` against [y; g], as lists (needed when pairs are kept).
         """
-        o = np.array(self.order, dtype=np.intp)
-        if o.size:
-            newest = o[-1]
-            gamma = self.sy[newest, newest] / self.yy[newest, newest]
-            rows = o[:, None]
-            r = self.sy[rows, o]  # upper triangular: sy's rows are cleared as pairs arrive
-            sg, yg = products.reshape(-1, 2)[o].T  # S^T g, Y^T g
-            r_inv_sg = dtrsv(r, sg)
-            inner = np.diagonal(r) * r_inv_sg
-            inner += gamma * (self.yy[rows, o] @ r_inv_sg - yg)
-            coef = self._coef  # -(gamma g + [S gamma Y] M [S^T g; gamma Y^T g]), row by row
-            coef.fill(0.0)
-            coef[o, 0] = dtrsv(r, -inner, trans=1)
-            coef[o, 1] = gamma * r_inv_sg
-            coef[-1, 1] = -gamma  # the row of g
-            np.matmul(coef.reshape(-1), self._rows, out=self.d)
-            self.dg0 = float(np.dot(self.g, self.d))
+        o = self.order
+        if o:
+            k, sy, yy = len(o), self.sy, self.yy
+            gamma = sy[o[-1]][o[-1]] / yy[o[-1]][o[-1]]
+            r = [[sy[i][j] for j in o] for i in o]  # R, upper triangular
+            a = [0.0] * k  # R^-1 S^T g
+            for i in reversed(range(k)):
+                a[i] = (products[2 * o[i]][1] - sum(r[i][j] * a[j] for j in range(i + 1, k))) / r[i][i]
+            b = [0.0] * k  # R^-T (-(D a + gamma (Y^T Y a - Y^T g)))
+            for i in range(k):
+                yy_a = sum(yy[o[i]][o[j]] * a[j] for j in range(k))
+                inner = r[i][i] * a[i] + gamma * (yy_a - products[2 * o[i] + 1][1])
+                b[i] = (-inner - sum(r[j][i] * b[j] for j in range(i))) / r[i][i]
+            coef = [0.0] * len(products)  # -(gamma g + [S gamma Y] M [S^T g; gamma Y^T g]), row by row
+            for i, slot in enumerate(o):
+                coef[2 * slot], coef[2 * slot + 1] = b[i], gamma * a[i]
+            coef[-1] = -gamma  # the row of g
+            self._coef[:] = coef
+            np.matmul(self._coef, self._rows, out=self.d)
+            self.dg0 = math.fsum(c * p[1] for c, p in zip(coef, products, strict=True))  # g^T d from row^T g
             step = 1.0
-        if not o.size or not self.dg0 < 0:  # no pairs, or rounding spoilt descent: steepest descent
+        if not o or not self.dg0 < 0:  # no pairs, or rounding spoilt descent: steepest descent
             self.order = []
             np.negative(self.g, out=self.d)
-            self.dg0 = float(np.dot(self.g, self.d))
+            self.dg0 = -products[-1][1] if products is not None else float(np.dot(self.g, self.d))  # -g^T g
             step = 1.0 / math.sqrt(-self.dg0) if self.dg0 < 0 else 0.0
             if not self.dg0 < 0:  # g = 0
                 self.phase, self.stop = STOPPED, 1

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import env, make_patches_file, mpirun, rank_pids, train_args, unavailable
-from sae import h5io, objective, train
+from sae import SaeError, h5io, objective, train
 
 ITERATIONS = 200
 
@@ -154,7 +154,7 @@ def test_a_checkpoint_written_mid_line_search_resumes_bit_for_bit(tmp_path, patc
         assert opt.iterations < ITERATIONS, "no line search took two evaluations"
         cost, grad = objective.evaluate(opt.point, x, 25, 0.01, 1e-4, 3.0, 128, np.float32)
         if opt.tell(cost, grad):
-            history.append((opt.f, float(np.linalg.norm(opt.g)), 0.0))
+            history.append((opt.f, opt.grad_norm, 0.0))  # as train.optimize records it
     train.save_checkpoint(training, job)
 
     log, model = resume(tmp_path, patches_40k)
@@ -376,3 +376,15 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     patches = workflow_copy / "results" / "patches.h5"
     mpirun(2, *train_args(patches, workflow_copy / "ref.h5", iterations=ITERATIONS))
     assert_same_bits(model, read_model(workflow_copy / "ref.h5"))
+
+
+def test_rereading_a_file_cut_short_since_is_one_clear_error(tmp_path):
+    """A file truncated after the checked pass: reread's direct reads come up short, one SaeError."""
+    patches = make_patches_file(tmp_path / "p.h5", 2 * h5io.ROWS_PER_CHUNK)
+    out = np.empty((h5io.ROWS_PER_CHUNK, 64), dtype=np.float32)
+    with h5io.PatchRows(patches) as rows:
+        rows.read(h5io.ROWS_PER_CHUNK, 2 * h5io.ROWS_PER_CHUNK)
+        with open(patches, "r+b") as f:
+            f.truncate(os.path.getsize(patches) - 1000)
+        with pytest.raises(SaeError, match="cannot read rows 4096-8192, damaged file"):
+            rows.reread(h5io.ROWS_PER_CHUNK, 2 * h5io.ROWS_PER_CHUNK, out)

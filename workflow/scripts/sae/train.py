@@ -55,36 +55,40 @@ class StreamedShard:
     """A shard larger than the memory cap: read from HDF5 piece by piece at every pass.
 
     Iterating yields arrays of blocks as objective.to_blocks does. Two pieces of
-    at most half the cap each take turns: a reader thread reads the next piece
-    from HDF5 and lays it out as blocks while the caller computes on the current
-    one (h5py and numpy's copies release the GIL). The first pass checks every
-    chunk's checksum; later passes re-read the same chunks as stored (h5io.PatchRows.reread).
+    blocks, of 7/16 of the cap each, take turns: a reader thread fills the next
+    one while the caller computes on the current one. The reader reads rows into
+    a buffer of its own (the last 1/8 of the cap) and lays them out as blocks,
+    a buffer at a time; h5io.PatchRows.reread and numpy's copies release the GIL,
+    so the compute goes on meanwhile. The first pass checks every chunk's
+    checksum; later passes re-read the chunks as stored (h5io.PatchRows.reread).
     """
 
     def __init__(self, rows: h5io.PatchRows, first: int, stop: int, block_size: int, dtype, cap_bytes):
         width = rows.width
-        per_row = (width + 1) * np.dtype(dtype).itemsize + width * rows.itemsize
-        blocks = max(1, int(cap_bytes / 2 // (per_row * block_size)))
-        self.rows, self.first, self.stop, self.block_size, self.dtype = rows, first, stop, block_size, dtype
-        self.piece = blocks * block_size
-        self.buffers = [  # (rows as read, the same rows as blocks)
-            (np.empty((self.piece, width), rows.dtype), np.empty((blocks, width + 1, block_size), dtype))
-            for _ in range(2)
-        ]
-        # Pieces end on multiples of ``step``: whole HDF5 chunks when a piece holds one, so that
-        # no chunk is read twice in a pass; whole blocks in any case (first is a block's first row).
-        chunk = rows.chunk_rows if rows.chunk_rows and rows.chunk_rows % block_size == 0 else block_size
-        step = self.piece // chunk * chunk or self.piece
-        cuts = list(range(-(-(first + 1) // step) * step, stop, step))
+        block_bytes = (width + 1) * block_size * np.dtype(dtype).itemsize
+        blocks = max(1, int(cap_bytes * 7 / 16 // block_bytes))
+        raw_blocks = max(1, int(cap_bytes / 8 // (width * block_size * rows.itemsize)))
+        self.rows, self.block_size, self.dtype = rows, block_size, dtype
+        self.raw = np.empty((raw_blocks * block_size, width), rows.dtype)  # the reader thread's
+        self.buffers = [np.empty((blocks, width + 1, block_size), dtype) for _ in range(2)]
+        piece = blocks * block_size  # first is a block's first row: pieces are whole blocks
+        cuts = list(range(first + piece, stop, piece))
         self.pieces = list(zip([first, *cuts], [*cuts, stop], strict=True))
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
         self.ahead, self.turn = None, 0  # (index, future) of the piece being read into buffers[turn]
         self.checked = False  # the first pass checks the checksums; later ones skip them
 
-    def _load(self, piece: tuple[int, int], buffer, checked: bool) -> list:
-        raw, blocks = buffer
-        raw = self.rows.reread(*piece, raw) if checked else self.rows.read(*piece, raw)
-        return to_blocks(raw, self.block_size, self.dtype, out=blocks[: len(raw) // self.block_size])
+    def _load(self, piece: tuple[int, int], blocks: np.ndarray, checked: bool) -> list:
+        """Rows [start, stop) into ``blocks`` (and a short last block, at the end of the data)."""
+        start, stop = piece
+        done, tail = 0, []
+        for a in range(start, stop, len(self.raw)):
+            b = min(a + len(self.raw), stop)
+            raw = self.rows.reread(a, b, self.raw) if checked else self.rows.read(a, b, self.raw)
+            k = (b - a) // self.block_size
+            tail = to_blocks(raw, self.block_size, self.dtype, out=blocks[done : done + k])[1:]
+            done += k
+        return [blocks[:done], *tail]
 
     def _read_ahead(self, i: int) -> None:
         self.turn = 1 - self.turn  # the buffer the caller is not using

@@ -3,6 +3,7 @@
     python benchmarks/bench_training.py            # full (a few minutes on 2 cores)
     python benchmarks/bench_training.py --quick    # smaller sizes, for a smoke test
     python benchmarks/bench_training.py --only step,memory,mpi   # some tables only
+    python benchmarks/bench_training.py --only against --against HEAD~1   # the optimizer of a git revision
 
 Every ratio compares numbers measured in this same run on this machine:
 1. per-evaluation time, one rank, against a whole-batch float64 transcription of
@@ -15,6 +16,8 @@ Every ratio compares numbers measured in this same run on this machine:
 7. rank 0's serial step per evaluation (gradient assembly and optimizer) of
    sae.lbfgs against scipy's L-BFGS-B, at hidden 25 and 100 and two N, and the
    final cost and step time of sae.lbfgs for several memories m;
+8. (--against REV) the serial step of this work tree's sae.lbfgs against that of git
+   revision REV, the two alternating evaluation by evaluation in one process;
 5. `snakemake --cores 2 results/filters.png` from an empty results/;
 6. peak RSS per rank against the shard's bytes;
 and training streamed from HDF5 (train.memory_mb below the shard) against in memory,
@@ -32,6 +35,7 @@ import sae.one_blas_thread  # noqa: E402, F401  (before numpy: one BLAS thread, 
 
 # isort: split
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -261,6 +265,53 @@ def step_table(x_all, sizes, hiddens, evaluations, repeats):
           f"to {sizes[-1]}: {growth}.")  # fmt: skip
 
 
+def against_table(x_all, sizes, hiddens, revision, evaluations=400):
+    """Rank 0's serial step (assembly and optimizer) of sae.lbfgs here and at git ``revision``.
+
+    Both optimizers start from the same point; their evaluations alternate, each after
+    its own pass of the real float32 kernel, so that both see the same cold caches and
+    the same machine: on a shared machine whose speed drifts by tens of percent from
+    minute to minute, this compares what separate runs cannot. Medians after 15
+    evaluations; the final costs show whether the path changed.
+    """
+    text = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{revision}:workflow/scripts/sae/lbfgs.py"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lbfgs_then.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location("lbfgs_then", path)
+        then = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(then)
+    print(f"\n| hidden | N | serial µs, sae.lbfgs at {revision} | this work tree | ratio "
+          f"| final cost ({evaluations} evaluations), at {revision} / now |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for hidden in hiddens:
+        for n in sizes:
+            x = x_all[:n]
+            kernel = objective.BlockKernel(V, hidden, 128, np.float32)
+            blocks = objective.to_blocks(x, 128, np.float32)
+            units = np.zeros(kernel.sums.size)
+            grad = np.empty(objective.n_params(V, hidden))
+            xmax = float(np.abs(x).max())
+            theta0 = objective.initial_theta(V, hidden, np.random.default_rng(0))
+            opts = [then.LBFGS(theta0, **OPTIMIZER), lbfgs.LBFGS(theta0, **OPTIMIZER)]
+            seconds = [[], []]
+            for _ in range(evaluations):
+                for opt, times in zip(opts, seconds, strict=True):
+                    step = kernel.set_params(opt.point, n, xmax)
+                    units[:] = 0
+                    for b in blocks:
+                        kernel.accumulate(b, units)
+                    start = time.perf_counter()
+                    opt.tell(*objective.finish(units, step, opt.point, n, V, hidden, *HYPER, out=grad))
+                    times.append(time.perf_counter() - start)
+            old, new = (np.median(t[15:]) * 1e6 for t in seconds)
+            print(f"| {hidden} | {n} | {old:.0f} | {new:.0f} | {new / old:.2f} "
+                  f"| {opts[0].f:.6f} / {opts[1].f:.6f} |")  # fmt: skip
+
+
 def variants_table(x, hiddens, iterations_evaluations):
     """The memory m (pairs kept): final cost and serial step, against scipy's L-BFGS-B."""
     variants = [("scipy L-BFGS-B, m = 10", "scipy")] + [
@@ -338,11 +389,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument(
         "--only",
-        help=f"comma-separated tables to run, of {','.join(TABLES)} (default: all)",
+        help=f"comma-separated tables to run, of {','.join(TABLES)},against (default: all but against)",
         default=",".join(TABLES),
     )
+    parser.add_argument("--against", metavar="REV", help="git revision for table 'against' (e.g. HEAD~1)")
     args = parser.parse_args()
     tables = set(args.only.split(","))
+    if "against" in tables and not args.against:
+        parser.error("table 'against' needs --against REV")
     sizes = [2000, 8000] if args.quick else [10000, 40000, 160000]
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"numpy {np.__version__}; one BLAS thread per process.")  # fmt: skip
@@ -356,6 +410,8 @@ def main():
             step_table(
                 x_all, sizes[:: len(sizes) - 1], (25, 100), lambda n: evaluations, 1 if args.quick else 2
             )
+        if "against" in tables:
+            against_table(x_all, sizes[:: len(sizes) - 1], (25, 100), args.against, 60 if args.quick else 400)
         if "memory" in tables:
             variants_table(x_all[: sizes[0]], (25, 100), 60 if args.quick else 415)
         if "mpi" in tables:

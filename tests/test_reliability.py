@@ -388,3 +388,13 @@ def test_rereading_a_file_cut_short_since_is_one_clear_error(tmp_path):
             f.truncate(os.path.getsize(patches) - 1000)
         with pytest.raises(SaeError, match="cannot read rows 4096-8192, damaged file"):
             rows.reread(h5io.ROWS_PER_CHUNK, 2 * h5io.ROWS_PER_CHUNK, out)
+
+
+def test_rereading_without_os_preadv_reads_through_hdf5(tmp_path, monkeypatch):
+    """Where Python has no os.preadv, reread falls back to HDF5's read: the same rows."""
+    patches = make_patches_file(tmp_path / "p.h5", 2 * h5io.ROWS_PER_CHUNK + 7)
+    monkeypatch.delattr(os, "preadv")
+    out = np.empty((h5io.ROWS_PER_CHUNK + 10, 64), dtype=np.float32)
+    with h5io.PatchRows(patches) as rows:
+        assert rows.fd is None
+        assert np.array_equal(rows.reread(4000, 8200, out), rows.read(4000, 8200))

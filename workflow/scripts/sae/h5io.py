@@ -277,7 +277,8 @@ class PatchRows(_InputFile):
         plain = ds.chunks is not None and ds.chunks[1] == self.width and ds.fletcher32
         plain = plain and ds.compression is None and not ds.shuffle and ds.scaleoffset is None
         self.chunk_rows = ds.chunks[0] if plain and self.dtype.isnative else None
-        self.fd = os.open(path, os.O_RDONLY) if self.chunk_rows else None  # for reread
+        direct = self.chunk_rows and hasattr(os, "preadv")  # os.preadv: Linux, BSD, recent macOS
+        self.fd = os.open(path, os.O_RDONLY) if direct else None  # for reread
 
     def close(self) -> None:
         if self.fd is not None:
@@ -305,7 +306,7 @@ class PatchRows(_InputFile):
         just the rows asked for, and with Python's GIL released, so that a
         reader thread does not hold up the compute. Other layouts use ``read``.
         """
-        if not self.chunk_rows or out.dtype != self.dtype or not out.flags.c_contiguous:
+        if self.fd is None or out.dtype != self.dtype or not out.flags.c_contiguous:
             return self.read(start, stop, out)
         rows, row_bytes, done = self.chunk_rows, self.width * self.itemsize, 0
         try:

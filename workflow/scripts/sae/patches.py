@@ -27,14 +27,16 @@ BLOCK = 16384  # patches per sampling generator (fixed: changing it changes the 
 PIECE = BLOCK  # patches in memory at once when writing (any value gives the same file)
 
 
-def shapes_of(images) -> list[tuple[int, int]]:
-    """The (height, width) of each image, without reading pixels when ``images`` knows them."""
+def shapes_of(images) -> np.ndarray:
+    """(height, width) of each image as rows of an int array, without reading pixels when
+    ``images`` knows them."""
     shapes = getattr(images, "shapes", None)
-    return list(shapes) if shapes is not None else [img.shape for img in images]
+    shapes = shapes if shapes is not None else [img.shape for img in images]
+    return np.array(shapes, dtype=np.int64).reshape(-1, 2)
 
 
-def check_side(shapes, side: int) -> None:
-    smallest = min(min(shape) for shape in shapes)
+def check_side(shapes: np.ndarray, side: int) -> None:
+    smallest = int(shapes.min())
     if side > smallest:
         raise SaeError(f"patches.side = {side} is larger than the smallest image side ({smallest})")
 
@@ -47,10 +49,8 @@ def block_draws(shapes, side: int, seed: int, block: int):
     """
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
     which = rng.integers(len(shapes), size=BLOCK)
-    heights = np.array([s[0] for s in shapes])
-    widths = np.array([s[1] for s in shapes])
-    rows = rng.integers(0, heights[which] - side + 1)
-    cols = rng.integers(0, widths[which] - side + 1)
+    rows = rng.integers(0, shapes[which, 0] - side + 1)
+    cols = rng.integers(0, shapes[which, 1] - side + 1)
     return which, rows, cols
 
 

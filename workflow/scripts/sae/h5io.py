@@ -351,8 +351,8 @@ def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: di
         group = f.create_group("optimizer")
         for name, value in arrays.items():
             group.create_dataset(name, data=value)
-        group.create_dataset("scalars", data=np.array(list(scalars.values()), dtype=np.float64))
-        group["scalars"].attrs["names"] = json.dumps(list(scalars))
+        numbers = group.create_dataset("scalars", data=np.array(list(scalars.values()), dtype=np.float64))
+        numbers.attrs["names"] = json.dumps(list(scalars))
         f.create_dataset("history", data=history)
         f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
 

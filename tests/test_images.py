@@ -126,3 +126,22 @@ def test_bad_pixels_are_refused(tmp_path, pixels, message):
     np.save(tmp_path / "x.npy", pixels)
     with pytest.raises(SaeError, match=message):
         list(images.load([tmp_path / "x.npy"], whiten=False))
+
+
+def test_a_v73_mat_stack_is_read_layer_by_layer_and_closed(tmp_path):
+    """MATLAB v7.3 IMAGES.mat (HDF5, stored transposed): each layer as written; the file is closed after."""
+    import gc
+
+    import h5py
+
+    stack = np.random.default_rng(0).random((20, 30, 3))
+    path = tmp_path / "IMAGES.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["IMAGES"] = stack.T
+    with open(path, "r+b") as f:  # the MAT header: text, then version 0x0200 and the byte order "IM"
+        f.write(b"MATLAB 7.3 MAT-file".ljust(124, b" ") + b"\x00\x02IM")
+    layers = list(images.read_file(path))
+    assert [name for _, name in layers] == [f"{path}[{k}]" for k in range(3)]
+    for k, (img, _) in enumerate(layers):
+        np.testing.assert_array_equal(img, stack[:, :, k])
+    assert not [o for o in gc.get_objects() if isinstance(o, h5py.File) and o.id.valid]

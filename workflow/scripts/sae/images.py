@@ -115,9 +115,14 @@ def read_file(path):
     path = Path(path)
     with _reading(path):
         stack = _stack(path)
-        layers = stack.shape[2]
-        for k in range(layers):
-            yield np.array(stack[:, :, k], dtype=np.float64), (str(path) if layers == 1 else f"{path}[{k}]")
+        try:
+            layers = stack.shape[2]
+            for k in range(layers):
+                name = str(path) if layers == 1 else f"{path}[{k}]"
+                yield np.array(stack[:, :, k], dtype=np.float64), name
+        finally:
+            if isinstance(stack, _Transposed):  # an open HDF5 file
+                stack.close()
 
 
 def _read_mat(path: Path):
@@ -134,6 +139,7 @@ def _read_mat(path: Path):
 
         f = h5py.File(path, "r")
         if "IMAGES" not in f:
+            f.close()
             raise SaeError(f"{path}: no variable 'IMAGES'") from None
         return _Transposed(f["IMAGES"])
 
@@ -148,6 +154,9 @@ class _Transposed:
 
     def __getitem__(self, key):
         return np.transpose(self.dataset[key[::-1]])
+
+    def close(self) -> None:
+        self.dataset.file.close()
 
 
 def load_files(paths):

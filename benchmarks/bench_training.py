@@ -195,6 +195,30 @@ def mpi_table(patches_path, points, iterations, repeats):
           "outside compute and rank 0's optimizer step, i.e. collectives on the critical path.)")  # fmt: skip
 
 
+class Compute:
+    """The float32 kernel over all patches x in one process: ``compute(theta)`` fills the
+    block sums (``units``) and returns the grid steps, as one rank's compute does in training."""
+
+    def __init__(self, x, hidden):
+        self.n, self.hidden = len(x), hidden
+        self.kernel = objective.BlockKernel(V, hidden, 128, np.float32)
+        self.blocks = objective.to_blocks(x, 128, np.float32)
+        self.units = np.zeros(self.kernel.sums.size)
+        self.grad = np.empty(objective.n_params(V, hidden))
+        self.xmax = float(np.abs(x).max())
+
+    def __call__(self, theta):
+        step = self.kernel.set_params(theta, self.n, self.xmax)
+        self.units[:] = 0
+        for b in self.blocks:
+            self.kernel.accumulate(b, self.units)
+        return step
+
+    def finish(self, step, theta):
+        """Cost and gradient (a reused buffer) from the sums, as rank 0 assembles them."""
+        return objective.finish(self.units, step, theta, self.n, V, self.hidden, *HYPER, out=self.grad)
+
+
 def serial_step(x, hidden, evaluations, optimizer, skip=15):
     """Rank 0's serial time per evaluation: from the end of the compute to the next evaluation.
 
@@ -206,22 +230,14 @@ def serial_step(x, hidden, evaluations, optimizer, skip=15):
     ``skip`` (by then the memory is full). Returns (finish, optimizer step,
     serial in all) in seconds, and the final cost.
     """
-    n = len(x)
-    kernel = objective.BlockKernel(V, hidden, 128, np.float32)
-    blocks = objective.to_blocks(x, 128, np.float32)
-    units = np.zeros(kernel.sums.size)
-    grad = np.empty(objective.n_params(V, hidden))
-    xmax = float(np.abs(x).max())
+    compute = Compute(x, hidden)
     marks = []  # (start of compute, end of compute, end of finish) per evaluation
 
     def fun(theta):
         start = time.perf_counter()
-        step = kernel.set_params(theta, n, xmax)
-        units[:] = 0
-        for b in blocks:
-            kernel.accumulate(b, units)
+        step = compute(theta)
         computed = time.perf_counter()
-        cost, g = objective.finish(units, step, theta, n, V, hidden, *HYPER, out=grad)
+        cost, g = compute.finish(step, theta)
         if optimizer == "scipy":
             g = g.copy()  # scipy keeps it; training before sae.lbfgs made a new one per evaluation
         marks.append((start, computed, time.perf_counter()))
@@ -289,23 +305,15 @@ def against_table(x_all, sizes, hiddens, revision, evaluations=400):
     print("|---|---|---|---|---|---|")
     for hidden in hiddens:
         for n in sizes:
-            x = x_all[:n]
-            kernel = objective.BlockKernel(V, hidden, 128, np.float32)
-            blocks = objective.to_blocks(x, 128, np.float32)
-            units = np.zeros(kernel.sums.size)
-            grad = np.empty(objective.n_params(V, hidden))
-            xmax = float(np.abs(x).max())
+            compute = Compute(x_all[:n], hidden)
             theta0 = objective.initial_theta(V, hidden, np.random.default_rng(0))
             opts = [then.LBFGS(theta0, **OPTIMIZER), lbfgs.LBFGS(theta0, **OPTIMIZER)]
             seconds = [[], []]
             for _ in range(evaluations):
                 for opt, times in zip(opts, seconds, strict=True):
-                    step = kernel.set_params(opt.point, n, xmax)
-                    units[:] = 0
-                    for b in blocks:
-                        kernel.accumulate(b, units)
+                    step = compute(opt.point)
                     start = time.perf_counter()
-                    opt.tell(*objective.finish(units, step, opt.point, n, V, hidden, *HYPER, out=grad))
+                    opt.tell(*compute.finish(step, opt.point))
                     times.append(time.perf_counter() - start)
             old, new = (np.median(t[15:]) * 1e6 for t in seconds)
             print(f"| {hidden} | {n} | {old:.0f} | {new:.0f} | {new / old:.2f} "

@@ -10,6 +10,7 @@ rule training_curve:
         ),
     log:
         "results/logs/training_curve.log",
+    localrule: True  # light: on a cluster it runs where Snakemake runs
     conda:
         "../envs/sae.yaml"
     shell:

@@ -10,6 +10,7 @@ rule filters:
         ),
     log:
         "results/logs/filters.log",
+    localrule: True  # light: on a cluster it runs where Snakemake runs
     conda:
         "../envs/sae.yaml"
     shell:

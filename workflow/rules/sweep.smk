@@ -138,6 +138,7 @@ rule sweep_runtimes:
         ),
     log:
         "results/logs/sweep/runtimes.log",
+    localrule: True  # light: on a cluster it runs where Snakemake runs
     conda:
         "../envs/sae.yaml"
     shell:
@@ -185,6 +186,7 @@ rule sweep_report:
         ),
     log:
         "results/logs/sweep/report.log",
+    localrule: True  # light: on a cluster it runs where Snakemake runs
     conda:
         "../envs/sae.yaml"
     shell:
@@ -219,6 +221,7 @@ rule sweep_model:
         ),
     log:
         "results/logs/sweep/model.log",
+    localrule: True  # light: on a cluster it runs where Snakemake runs
     conda:
         "../envs/sae.yaml"
     params:
@@ -240,3 +243,4 @@ rule sweep:
         rules.sweep_runtimes.output,
         rules.sweep_report.output,
         rules.sweep_model.output,
+    localrule: True  # light: on a cluster it runs where Snakemake runs

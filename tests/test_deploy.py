@@ -6,10 +6,17 @@ written into the checkout.
 """
 
 import ast
+import contextlib
+import functools
+import http.server
 import importlib.metadata
 import os
 import re
+import shutil
+import ssl
+import subprocess
 import sys
+import threading
 
 import h5py
 import numpy as np
@@ -170,7 +177,88 @@ def test_imported_as_a_module_by_a_users_own_snakefile(tmp_path):
     runs = len(sweep["ranks"]) * len(sweep["hidden"]) * len(sweep["sizes"]) * sweep["repeats"]
     assert len((results / "sweep" / "runtimes.csv").read_text().strip().splitlines()) == 1 + runs
     assert "rule sae_train:" in proc.stderr
+    # the light rules are local under their prefixed names (a cluster runs only the heavy ones)
+    assert "localrules directive specifies rules that are not present" not in proc.stderr
     assert f"sae_sweep_train_one_rank: grid point 1 of {runs}" in proc.stderr
+    assert checkout_state() == before
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def https_git_host(root, cert, key):
+    """A git host on 127.0.0.1 serving the bare repositories under ``root`` over HTTPS
+    (git's "dumb" protocol: static files); yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=root))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def git(*args, cwd):
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=cwd,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_cache(tmp_path, monkeypatch):
+    """`snakefile: github(REPO, path="Snakefile", tag=..., host=...)`, as snakedeploy writes it.
+
+    This checkout's files, committed and tagged in a repository of their own, are served by
+    a local HTTPS git host; Snakemake clones that into its source cache and runs the
+    workflow from there, with every script and package module it needs.
+    """
+    for tool in ("git", "openssl"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is needed")  # Debian's git and openssl: in every image we run on
+    source = tmp_path / "source"
+    source.mkdir()
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and (REPO / name).is_file():  # the working tree's version of each file
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    git("init", "-q", cwd=source)
+    git("add", "-A", cwd=source)
+    git("commit", "-q", "-m", "the workflow", cwd=source)
+    git("tag", "v1.0", cwd=source)
+    hosted = tmp_path / "host" / "lab" / "sae-workflow"
+    git("clone", "-q", "--bare", source, hosted, cwd=tmp_path)
+    git("update-server-info", cwd=hosted)
+    cert, key = tmp_path / "host.pem", tmp_path / "host.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)  # fmt: skip
+    monkeypatch.setenv("GIT_SSL_CAINFO", str(cert))  # git trusts the host's certificate, nothing else
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # Snakemake's source cache
+    user = tmp_path / "analysis"
+    user.mkdir()
+    for i, img in enumerate(smooth_images(2, 64)):
+        np.save(user / f"img{i}.npy", img)
+    write_config(user / "my.yaml", {"images": {"source": ["img*.npy"]}}, SMALL)
+    before = checkout_state()
+    with https_git_host(tmp_path / "host", cert, key) as port:
+        snakefile = f'github("lab/sae-workflow", path="Snakefile", tag="v1.0", host="127.0.0.1:{port}")'
+        (user / "Snakefile").write_text(
+            USER_SNAKEFILE.replace("{snakefile!r}", snakefile).replace("        rules.sae_sweep.input,\n", "")
+        )
+        proc = snakemake(user, "--cores", "2")
+    assert f"Cloning 127.0.0.1:{port}/lab/sae-workflow" in proc.stderr
+    assert "localrules directive specifies rules that are not present" not in proc.stderr
+    assert (user / "results" / "filters.png").stat().st_size > 0
+    with h5py.File(user / "results" / "model.h5") as f:
+        assert f.attrs["ranks"] == 2 and f.attrs["iterations"] == SMALL["train"]["iterations"]
+    assert (user / "results" / "logs" / "train.log").exists()
+    assert str(REPO) not in (user / "results" / "logs" / "train.log").read_text()
     assert checkout_state() == before
 
 

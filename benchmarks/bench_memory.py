@@ -9,7 +9,9 @@ Measured in one run on this machine, every file in a temporary folder (deleted a
 2. streamed training (train.memory_mb below the shard) against in memory, per evaluation, at
    sizes that fit: 160k patches on one rank (memory_mb 4) and 10^6 on two (memory_mb 64),
    alternating runs, bitwise-identical models checked (memory_mb 16 at 160k: larger pieces);
-   and one evaluation's pass alone, in this process, 30 alternating passes;
+   and one evaluation's pass alone, in this process, 30 alternating passes; at memory_mb 4,
+   where that pass's extra time goes (the reader made to do less; another process on the
+   other CPU spinning or copying memory);
 3. 10^7 patches on two ranks with memory_mb 64 (a few iterations): per-evaluation time and peak
    RSS per rank, against the shard's size in memory;
 4. the issue's done-when: `snakemake --cores 2 results/model.h5` with patches.count 4,000,000 and
@@ -19,6 +21,7 @@ Measured in one run on this machine, every file in a temporary folder (deleted a
 """
 
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -146,6 +149,85 @@ def passes_table(patches, n, caps, repeats):
             ratio = np.median(np.array(b) / np.array(a))
             print(f"| memory_mb {cap} | {1e3 * min(a):.1f} | {1e3 * min(b):.1f} "
                   f"| {min(b) / min(a):.2f}x ({ratio:.2f}x) |")  # fmt: skip
+
+
+def reader_table(patches, n, cap, repeats):
+    """Where a streamed pass's extra time goes: what the reader thread does, made to do less.
+
+    The passes of ``passes_table`` at one cap, alternating: in memory; the same pieces with
+    a reader that does nothing (blocks already in place), that copies the rows from an
+    array in memory, that reads them from the file without laying out blocks, and the
+    real reader; then in memory again while another process on the other CPU spins, or
+    copies 16 MB over and over (CPU time against memory traffic).
+    """
+    sys.path.insert(0, str(SCRIPTS))
+    from sae import h5io
+    from sae.objective import BlockKernel, initial_theta, to_blocks
+    from sae.train import StreamedShard
+
+    kernel = BlockKernel(V, 25, 128, np.float32)
+    theta = initial_theta(V, 25, np.random.default_rng(0))
+    units = np.zeros(kernel.sums.size)
+
+    def evaluation(blocks):
+        start = time.perf_counter()
+        kernel.set_params(theta, n, 1.0)
+        for b in blocks:
+            kernel.accumulate(b, units)
+        return time.perf_counter() - start
+
+    class Doing(StreamedShard):
+        """The pieces and hand-overs of StreamedShard; its reader only does ``work(a, b)``."""
+
+        def _load(self, piece, blocks, checked):
+            start, stop = piece
+            for a in range(start, stop, len(self.raw)):
+                self.work(a, min(a + len(self.raw), stop))
+            return [blocks[: (stop - start) // self.block_size]]
+
+    with h5io.PatchRows(patches) as rows:
+        in_memory = rows.read(0, n)
+        whole = to_blocks(in_memory, 128, np.float32)
+        real = StreamedShard(rows, 0, n, 128, np.float32, cap * 2**20)
+        evaluation(real)  # the first pass checks the checksums
+        readers = {"the real reader: reads rows (os.preadv), lays out blocks": real}
+        work = {
+            "reads rows (os.preadv) only": lambda raw, a, b: rows.reread(a, b, raw),
+            "copies rows from memory (numpy) only": lambda raw, a, b: np.copyto(raw[: b - a], in_memory[a:b]),
+            "nothing (blocks in place)": lambda raw, a, b: None,
+        }
+        for what, task in work.items():
+            shard = Doing(rows, 0, n, 128, np.float32, cap * 2**20)
+            shard.buffers = real.buffers  # real blocks, so that the kernel computes the same
+            shard.work = functools.partial(task, shard.raw)
+            readers[what] = shard
+        times = {"in memory": [], **{k: [] for k in readers}}
+        for _ in range(repeats):
+            times["in memory"].append(evaluation(whole))
+            for what, shard in readers.items():
+                times[what].append(evaluation(shard))
+        copying = "import numpy as np\na = np.ones(2**22, np.float32)\nb = a.copy()\nwhile True: b[...] = a"
+        others = {
+            "in memory, another process spinning on the other CPU": "while True: pass",
+            "in memory, another process copying 16 MB on the other CPU": copying,
+        }
+        times.update({what: [] for what in others})
+        for _ in range(max(1, repeats // 3)):
+            for what, code in others.items():
+                times["in memory"].append(evaluation(whole))
+                other = subprocess.Popen([sys.executable, "-c", code])
+                time.sleep(0.3)
+                times[what] += [evaluation(whole) for _ in range(3)]
+                other.kill()
+                other.wait()
+    base = np.array(times["in memory"])
+    print(f"\n| one pass, N = {n:,}, memory_mb {cap}: the reader does | ms, best "
+          "| / in memory: best (median) |")  # fmt: skip
+    print("|---|---:|---:|")
+    for what, t in times.items():
+        t = np.array(t)
+        ratios = f"{t.min() / base.min():.2f}x ({np.median(t) / np.median(base):.2f}x)"
+        print(f"| {what} | {1e3 * t.min():.1f} | {ratios} |")
 
 
 def large_table(patches, n, folder, ranks, cap, iterations):
@@ -277,6 +359,7 @@ def main():
         cases.append((folder / f"patches_{counts[1]}.h5", counts[1], 2, 1 if args.quick else 64, 5))
         streaming_table(folder, cases, 1 if args.quick else 3)
         passes_table(small, n_small, (1,) if args.quick else (4, 16, 64), 30)
+        reader_table(small, n_small, 1 if args.quick else 4, 3 if args.quick else 15)
         c_streamed = large_table(folder / f"patches_{counts[-1]}.h5", counts[-1], folder, 2,
                                  1 if args.quick else 64, 3)  # fmt: skip
         for count in counts:

@@ -6,6 +6,7 @@
 Measured in one run on this machine, every file in a temporary folder (deleted at the end):
 1. the patch stage (`sample_patches.py`, the rule's script) at 10^5, 10^6 and 10^7 patches of
    the whitened sample photographs: wall seconds, patches per second, peak RSS (its own getrusage);
+   and 10^6 patches from 1,000 photographs (2 GB of images, beyond the stage's image cache);
 2. streamed training (train.memory_mb below the shard) against in memory, per evaluation, at
    sizes that fit: 160k patches on one rank (memory_mb 4) and 10^6 on two (memory_mb 64),
    alternating runs, bitwise-identical models checked (memory_mb 16 at 160k: larger pieces);
@@ -87,6 +88,25 @@ def patch_table(images, folder, counts):
         mb = out.stat().st_size / 2**20
         print(f"| {count:,} | {mb:,.0f} | {seconds:.1f} | {count / seconds:,.0f} | {peak:.0f} |")
     return rates
+
+
+def many_photographs_table(folder, photographs, count):
+    """The patch stage from many photographs (more than its 256 MB image cache holds)."""
+    sys.path.insert(0, str(SCRIPTS))
+    from sae import h5io
+
+    images = folder / "many.h5"
+    rng = np.random.default_rng(0)  # whitened photographs look like noise to the sampler
+    named = ((rng.standard_normal((512, 512)), f"photo{k}.jpg", "0" * 64) for k in range(photographs))
+    h5io.write_images(images, named, True, 1.0)
+    seconds, peak = patch_stage(images, folder / "many_patches.h5", count)
+    print("\n| photographs of 512 x 512 | images.h5 MB | patches | seconds | patches per second "
+          "| peak RSS MB |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| {photographs:,} | {images.stat().st_size / 2**20:,.0f} | {count:,} | {seconds:.1f} "
+          f"| {count / seconds:,.0f} | {peak:.0f} |")  # fmt: skip
+    images.unlink()
+    (folder / "many_patches.h5").unlink()
 
 
 def streaming_table(folder, cases, repeats):
@@ -352,6 +372,7 @@ def main():
         print(f"Machine: {os.cpu_count()} CPUs, {ram:.0f} GB RAM; "
               "patch stage on the ten whitened sample photographs, 8x8 patches.")  # fmt: skip
         rates = patch_table(images, folder, counts)
+        many_photographs_table(folder, 100 if args.quick else 1000, counts[1])
         small = folder / "patches_160k.h5"
         patch_stage(images, small, 16000 if args.quick else 160000)
         n_small, iterations = (16000, 10) if args.quick else (160000, 30)

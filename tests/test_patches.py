@@ -51,6 +51,26 @@ def test_patches_are_the_same_bits_for_any_piece_size():
     np.testing.assert_array_equal(patches.windows(imgs, 8, 3, 16000, 17000), whole[16000:17000])
 
 
+class CountingImages(list):
+    """Images that count how often each is read."""
+
+    def __init__(self, images):
+        super().__init__(images)
+        self.reads = [0] * len(images)
+
+    def __getitem__(self, k):
+        self.reads[k] += 1
+        return super().__getitem__(k)
+
+
+def test_a_piece_reads_each_image_it_samples_from_once():
+    """Many photographs: a piece of several sampling blocks reads each image once, not once per block."""
+    imgs = CountingImages(smooth_images(5, 32))
+    x = patches.windows(imgs, 8, 0, 100, 3 * patches.BLOCK - 100, shapes=patches.shapes_of(list(imgs)))
+    assert imgs.reads == [1] * 5  # every image is sampled from, in all three blocks
+    np.testing.assert_array_equal(x, patches.windows(list(imgs), 8, 0, 0, 3 * patches.BLOCK)[100:-100])
+
+
 def test_normalization_as_in_ngs_exercise():
     imgs, count = smooth_images(), 2000
     x, sigma = patches.sample(imgs, count, 8, 0)

@@ -24,7 +24,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import SaeError
 
 BLOCK = 16384  # patches per sampling generator (fixed: changing it changes the sample)
-PIECE = BLOCK  # patches in memory at once when writing (any value gives the same file)
+# Patches in memory at once (64 MB in float64, whole blocks; any value gives the same
+# file): each piece reads every image it samples from once.
+PIECE = 8 * BLOCK
 
 
 def shapes_of(images) -> np.ndarray:
@@ -57,22 +59,23 @@ def block_draws(shapes, side: int, seed: int, block: int):
 def windows(images, side: int, seed: int, start: int, stop: int, shapes=None, out=None):
     """Raw patches [start, stop) of the sample (stop - start, side*side), float64.
 
-    ``images[k]`` is read once per sampling block that has a patch from image k.
+    ``images[k]`` is read once per call that has a patch from image k: a folder of many
+    photographs costs one read of each per piece, not per sampling block.
     out: an array of at least stop - start rows to fill (reused from piece to piece).
     """
     shapes = shapes_of(images) if shapes is None else shapes
     out = np.empty((stop - start, side * side)) if out is None else out[: stop - start]
-    for block in range(start // BLOCK, -(-stop // BLOCK)):
-        a, b = max(start, block * BLOCK), min(stop, (block + 1) * BLOCK)
-        which, rows, cols = (
-            d[a - block * BLOCK : b - block * BLOCK] for d in block_draws(shapes, side, seed, block)
-        )
-        order = np.argsort(which, kind="stable")
-        bounds = np.searchsorted(which[order], np.arange(len(shapes) + 1))
-        for k in np.flatnonzero(np.diff(bounds)):
-            mine = order[bounds[k] : bounds[k + 1]]
-            view = sliding_window_view(images[k], (side, side))
-            out[a - start + mine] = view[rows[mine], cols[mine]].reshape(len(mine), side * side)
+    blocks = range(start // BLOCK, -(-stop // BLOCK))
+    which, rows, cols = (
+        np.concatenate(parts)[start - blocks[0] * BLOCK : stop - blocks[0] * BLOCK]
+        for parts in zip(*(block_draws(shapes, side, seed, block) for block in blocks), strict=True)
+    )
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(shapes) + 1))
+    for k in np.flatnonzero(np.diff(bounds)):
+        mine = order[bounds[k] : bounds[k + 1]]
+        view = sliding_window_view(images[k], (side, side))
+        out[mine] = view[rows[mine], cols[mine]].reshape(len(mine), side * side)
     return out
 
 
@@ -84,16 +87,19 @@ def centered(images, side, seed, start, stop, shapes=None, out=None) -> np.ndarr
 
 
 def sigma(images, count: int, side: int, seed: int) -> float:
-    """Standard deviation of all values of the centered sample (first pass, one block at a time).
+    """Standard deviation of all values of the centered sample (first pass, a piece at a time).
 
-    The values' mean is zero (every patch is centered), so sigma^2 is the mean square.
+    The values' mean is zero (every patch is centered), so sigma^2 is the mean square,
+    summed per sampling block (whatever the pieces) and added exactly.
     """
     shapes = shapes_of(images)
     check_side(shapes, side)
-    squares, buffer = [], np.empty((min(count, BLOCK), side * side))
-    for block in range(-(-count // BLOCK)):
-        x = centered(images, side, seed, block * BLOCK, min(count, (block + 1) * BLOCK), shapes, buffer)
-        squares.append(float(np.multiply(x, x, out=x).sum()))
+    squares, buffer = [], np.empty((min(count, PIECE), side * side))
+    for a in range(0, count, PIECE):
+        x = centered(images, side, seed, a, min(count, a + PIECE), shapes, buffer)
+        for b in range(0, len(x), BLOCK):  # PIECE is whole blocks
+            block = x[b : b + BLOCK]
+            squares.append(float(np.multiply(block, block, out=block).sum()))
     value = math.sqrt(math.fsum(squares) / (count * side * side))
     if value == 0:
         raise SaeError("all sampled patches are constant: nothing to learn")

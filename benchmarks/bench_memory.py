@@ -35,11 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import yaml
+from common import ENV, REPO, SCRIPTS, same_model, train
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "workflow" / "scripts"
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 V = 64
 # The README's performance model fitted on this machine (sweep_collectives, sweep_model):
 ALPHA, BETA, MESSAGE_BYTES = 1.75e-6, 0.142e-9, 64.8 * 1024  # s, s/byte, bytes per evaluation
@@ -49,19 +46,6 @@ EVALUATIONS = 411  # per 400 L-BFGS iterations (the sweep's median)
 def run(cmd, **kwargs):
     cmd = [str(c) for c in cmd]
     return subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True, **kwargs)
-
-
-def train(patches, out, ranks, iterations, extra=()):
-    """Train with the rule's script on ``ranks`` MPI processes; returns the model's attributes."""
-    launch = [shutil.which("mpiexec", path=ENV["PATH"]), "-n", ranks] if ranks > 1 else []
-    run([*launch, sys.executable, SCRIPTS / "train_model.py", patches, out,
-         "--side", 8, "--hidden", 25, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
-         "--iterations", iterations, "--seed", 0, "--block-size", 128, "--precision", "float32",
-         *extra])  # fmt: skip
-    with h5py.File(out) as f:
-        attrs = dict(f.attrs)
-        attrs["W1"] = f["W1"][()]
-    return attrs
 
 
 def per_evaluation(attrs) -> float:
@@ -121,9 +105,9 @@ def streaming_table(folder, cases, repeats):
         whole, streamed, same = [], [], True
         for _ in range(repeats):
             a = train(patches, folder / "a.h5", ranks, iterations)
-            b = train(patches, folder / "b.h5", ranks, iterations, ["--memory-mb", cap])
+            b = train(patches, folder / "b.h5", ranks, iterations, extra=["--memory-mb", cap])
             assert b["streamed"] and not a["streamed"]
-            same &= np.array_equal(a["W1"], b["W1"]) and a["cost"] == b["cost"]
+            same &= same_model(folder / "a.h5", folder / "b.h5") and a["cost"] == b["cost"]
             whole.append(per_evaluation(a))
             streamed.append(per_evaluation(b))
         ratio = np.median(streamed) / np.median(whole)
@@ -251,7 +235,7 @@ def reader_table(patches, n, cap, repeats):
 
 
 def large_table(patches, n, folder, ranks, cap, iterations):
-    attrs = train(patches, folder / "large.h5", ranks, iterations, ["--memory-mb", cap])
+    attrs = train(patches, folder / "large.h5", ranks, iterations, extra=["--memory-mb", cap])
     seconds = per_evaluation(attrs)
     print(f"\n| N = {n:,}, {ranks} ranks, memory_mb {cap} | value |")
     print("|---|---:|")

@@ -28,33 +28,31 @@ spent in the product that the single-reduction scheme adds.
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
-import sae.one_blas_thread  # noqa: E402, F401  (before numpy: one BLAS thread, as each rank has)
+import sae.one_blas_thread  # noqa: F401  (before numpy: one BLAS thread, as each rank has)
 
 # isort: split
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
+import numpy as np
+from common import REPO, same_model, train
+from scipy.optimize import minimize
 
-from sae import h5io, images, lbfgs, objective, patches  # noqa: E402
-from sae.sweep import scaling  # noqa: E402
-from sae.train import OPTIMIZER_SETTINGS as OPTIMIZER  # noqa: E402
+from sae import h5io, images, lbfgs, objective, patches
+from sae.sweep import scaling
+from sae.train import OPTIMIZER_SETTINGS as OPTIMIZER
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
 V, H = 64, 25
 HYPER = (0.01, 1e-4, 3.0)
-BIN = Path(sys.executable).parent
 TABLES = ("kernel", "step", "memory", "mpi", "precision", "streaming", "workflow")
 
 
@@ -140,20 +138,6 @@ def extra_product_share(x, block_size, eval_seconds):
           f"of a float32 evaluation at N = {len(x)}.")  # fmt: skip
 
 
-def train(ranks, patches_path, out, iterations, precision, samples=None, extra=(), hidden=H):
-    mpiexec = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, str(REPO / "workflow/scripts/train_model.py"),
-           str(patches_path), str(out), "--side", "8", "--hidden", str(hidden), "--rho", "0.01",
-           "--lambda", "1e-4", "--beta", "3", "--iterations", str(iterations), "--seed", "0",
-           "--block-size", "128", "--precision", precision]  # fmt: skip
-    if samples:
-        cmd += ["--samples", str(samples)]
-    cmd += [str(x) for x in extra]
-    subprocess.run(cmd, check=True, capture_output=True)
-    with h5py.File(out) as f:
-        return dict(f.attrs)
-
-
 def mpi_table(patches_path, points, iterations, repeats):
     """One rank against two, ``repeats`` runs of each, alternating; medians are compared.
 
@@ -174,7 +158,7 @@ def mpi_table(patches_path, points, iterations, repeats):
             for repeat in range(repeats):
                 for ranks in (1, 2):
                     attrs = train(
-                        ranks, patches_path, Path(tmp) / "m.h5", iterations, "float32", n, hidden=hidden
+                        patches_path, Path(tmp) / "m.h5", ranks, iterations, hidden, extra=["--samples", n]
                     )
                     runs.append({**attrs, "repeat": repeat})
             assert len({a["evaluations"] for a in runs}) == 1
@@ -342,12 +326,11 @@ def streaming_table(patches_path, n, iterations, cap_mb=4):
     print(f"\n| N = {n}, 1 rank | loop s | peak RSS MB | model |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        whole = train(1, patches_path, Path(tmp) / "a.h5", iterations, "float32", n)
+        whole = train(patches_path, Path(tmp) / "a.h5", 1, iterations, extra=["--samples", n])
         streamed = train(
-            1, patches_path, Path(tmp) / "b.h5", iterations, "float32", n, ["--memory-mb", cap_mb]
+            patches_path, Path(tmp) / "b.h5", 1, iterations, extra=["--samples", n, "--memory-mb", cap_mb]
         )
-        with h5py.File(Path(tmp) / "a.h5") as a, h5py.File(Path(tmp) / "b.h5") as b:
-            same = all(np.array_equal(a[k][()], b[k][()]) for k in ("W1", "W2", "b1", "b2"))
+        same = same_model(Path(tmp) / "a.h5", Path(tmp) / "b.h5")
     print(f"| in memory ({whole['shard_mb_max']:.1f} MB shard) | {whole['loop_seconds_max']:.2f} "
           f"| {whole['peak_rss_mb_max']:.0f} | |")  # fmt: skip
     print(f"| streamed, memory_mb = {cap_mb} | {streamed['loop_seconds_max']:.2f} "
@@ -365,7 +348,9 @@ def precision_table(patches_path, n):
     with tempfile.TemporaryDirectory() as tmp:
         costs = {}
         for precision in ("float64", "float32"):
-            attrs = train(2, patches_path, Path(tmp) / "m.h5", 400, precision, n)
+            attrs = train(
+                patches_path, Path(tmp) / "m.h5", 2, 400, precision=precision, extra=["--samples", n]
+            )
             costs[precision] = attrs["cost"]
             print(f"| {precision} | {attrs['cost']:.6f} | {attrs['loop_seconds_max']:.2f} |")
     print(

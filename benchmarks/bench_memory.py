@@ -21,21 +21,31 @@ Measured in one run on this machine, every file in a temporary folder (deleted a
    performance model.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+
+import sae.one_blas_thread  # noqa: F401  (before numpy: the passes below compute as a rank does)
+
+# isort: split
 import argparse
 import functools
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import yaml
 from common import ENV, REPO, SCRIPTS, same_model, train
+
+from sae import h5io
+from sae.objective import BlockKernel, initial_theta, to_blocks
+from sae.train import StreamedShard
 
 V = 64
 # The README's performance model fitted on this machine (sweep_collectives, sweep_model):
@@ -76,9 +86,6 @@ def patch_table(images, folder, counts):
 
 def many_photographs_table(folder, photographs, count):
     """The patch stage from many photographs (more than its 256 MB image cache holds)."""
-    sys.path.insert(0, str(SCRIPTS))
-    from sae import h5io
-
     images = folder / "many.h5"
     rng = np.random.default_rng(0)  # whitened photographs look like noise to the sampler
     named = ((rng.standard_normal((512, 512)), f"photo{k}.jpg", "0" * 64) for k in range(photographs))
@@ -118,18 +125,8 @@ def streaming_table(folder, cases, repeats):
     return ratios
 
 
-def passes_table(patches, n, caps, repeats):
-    """One evaluation's pass over a shard, in this process: in memory against streamed.
-
-    The kernel of the training over every block, alternating in-memory and streamed passes
-    (StreamedShard with its reader thread), the best and median of ``repeats`` each: the
-    loop of the table above without the optimizer and process start-up, less noisy.
-    """
-    sys.path.insert(0, str(SCRIPTS))
-    from sae import h5io
-    from sae.objective import BlockKernel, initial_theta, to_blocks
-    from sae.train import StreamedShard
-
+def pass_timer(n):
+    """Seconds of one evaluation's pass of the training's kernel over an iterable of blocks."""
     kernel = BlockKernel(V, 25, 128, np.float32)
     theta = initial_theta(V, 25, np.random.default_rng(0))
     units = np.zeros(kernel.sums.size)
@@ -141,6 +138,17 @@ def passes_table(patches, n, caps, repeats):
             kernel.accumulate(b, units)
         return time.perf_counter() - start
 
+    return evaluation
+
+
+def passes_table(patches, n, caps, repeats):
+    """One evaluation's pass over a shard, in this process: in memory against streamed.
+
+    The kernel of the training over every block, alternating in-memory and streamed passes
+    (StreamedShard with its reader thread), the best and median of ``repeats`` each: the
+    loop of the table above without the optimizer and process start-up, less noisy.
+    """
+    evaluation = pass_timer(n)
     print(f"\n| one evaluation's pass, N = {n:,}, 1 rank | ms in memory | ms streamed "
           "| streamed / in memory: best (median) |")  # fmt: skip
     print("|---|---:|---:|---:|")
@@ -164,21 +172,7 @@ def reader_table(patches, n, cap, repeats):
     real reader; then in memory again while another process on the other CPU spins, or
     copies 16 MB over and over (CPU time against memory traffic).
     """
-    sys.path.insert(0, str(SCRIPTS))
-    from sae import h5io
-    from sae.objective import BlockKernel, initial_theta, to_blocks
-    from sae.train import StreamedShard
-
-    kernel = BlockKernel(V, 25, 128, np.float32)
-    theta = initial_theta(V, 25, np.random.default_rng(0))
-    units = np.zeros(kernel.sums.size)
-
-    def evaluation(blocks):
-        start = time.perf_counter()
-        kernel.set_params(theta, n, 1.0)
-        for b in blocks:
-            kernel.accumulate(b, units)
-        return time.perf_counter() - start
+    evaluation = pass_timer(n)
 
     class Doing(StreamedShard):
         """The pieces and hand-overs of StreamedShard; its reader only does ``work(a, b)``."""

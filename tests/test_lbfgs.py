@@ -93,8 +93,8 @@ def test_stopped_at_any_evaluation_and_restored_it_ends_bit_for_bit_the_same(tmp
     for k in range(1, reference.evaluations):
         opt = run(lbfgs.LBFGS(X0), rosenbrock, iterations=40, until_evaluation=k)
         mid_search += opt.phase == lbfgs.ZOOM or opt.line_evals > 0
-        h5io.write_checkpoint(tmp_path / "c.h5", opt.state(), np.zeros((0, 3)), {})
-        state, _, _ = h5io.read_checkpoint(tmp_path / "c.h5")
+        h5io.write_checkpoint(tmp_path / "c.h5", opt.state(), np.zeros((0, 3)), [], {})
+        state, _, _, _ = h5io.read_checkpoint(tmp_path / "c.h5")
         resumed = run(lbfgs.LBFGS.from_state(state), rosenbrock, iterations=40)
         assert resumed.x.tobytes() == reference.x.tobytes(), k
         assert (resumed.f, resumed.evaluations) == (reference.f, reference.evaluations)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import env, make_patches_file, mpirun, rank_pids, train_args, unavailable
-from sae import SaeError, h5io, objective, train
+from sae import SaeError, h5io, labels, objective, train
 
 ITERATIONS = 200
 
@@ -99,14 +99,34 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_for_bit_the_unin
     )
     assert stopped, log
     assert not (tmp_path / "model.h5").exists() and (tmp_path / "ckpt.h5").exists()
-    state, history, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+    state, history, _, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
     assert len(history) == int(stopped.group(1)) >= after and state["evaluations"] == int(stopped.group(2))
 
     log, model = resume(tmp_path, patches_40k, ranks)
     assert f"resumed from iteration {len(history)}, evaluation {stopped.group(2)}" in log
-    assert model[1]["resumed_from"] == len(history) and model[1]["ranks"] == ranks
+    assert list(model[1]["resumed_from"]) == [len(history)] and model[1]["ranks"] == ranks
     assert_same_bits(model, uninterrupted)
     assert not (tmp_path / "ckpt.h5").exists()  # removed once the model is written
+
+
+def test_stopped_twice_the_model_lists_both_resumes_and_is_bit_for_bit_the_uninterrupted_one(
+    tmp_path, patches_40k, uninterrupted
+):
+    """SIGTERM after iteration 40, resume, SIGTERM again after 120, resume on 3 ranks."""
+    stops = []
+    for after in (40, 120):
+        proc = start_training(tmp_path, patches_40k)
+        wait_for_iteration(tmp_path, after)
+        for pid in rank_pids(proc.pid):
+            os.kill(pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) != 0
+        _, history, resumes, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+        assert resumes == stops  # the checkpoint carries the resumes before it
+        stops.append(len(history))
+    _, model = resume(tmp_path, patches_40k, ranks=3)
+    assert list(model[1]["resumed_from"]) == stops and stops[0] >= 40 and stops[1] >= 120
+    assert_same_bits(model, uninterrupted)
+    assert labels.training(tmp_path / "model.h5")["resumed"] == f"after iterations {stops[0]} and {stops[1]}"
 
 
 def test_a_killed_rank_ends_the_job_quickly_and_the_resumed_run_is_bit_for_bit_the_same(
@@ -121,7 +141,7 @@ def test_a_killed_rank_ends_the_job_quickly_and_the_resumed_run_is_bit_for_bit_t
     assert time.monotonic() - start < 30
     assert not (tmp_path / "model.h5").exists()
     assert not list(tmp_path.glob(".model.h5.tmp*"))
-    _, history, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+    _, history, _, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
     assert len(history) >= 10 and len(history) % 5 == 0
 
     log, model = resume(tmp_path, patches_40k)
@@ -195,7 +215,7 @@ def test_a_checkpoint_from_another_config_optimizer_or_numpy_is_not_used(
     assert f"is from a different config, data, optimizer or numpy ({reason}): not used" in out.stderr
     assert "resumed" not in out.stderr
     with h5py.File(tmp_path / "model.h5") as f:
-        assert f.attrs["resumed_from"] == 0 and f.attrs["iterations"] == 20
+        assert len(f.attrs["resumed_from"]) == 0 and f.attrs["iterations"] == 20
 
 
 def test_streaming_a_shard_larger_than_the_cap_gives_the_same_model_in_less_memory(tmp_path):
@@ -371,7 +391,7 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     assert resumed, log
     assert 10 <= int(resumed.group(1)) < ITERATIONS and int(resumed.group(1)) % 5 == 0
     model = read_model(workflow_copy / "results" / "model.h5")
-    assert model[1]["resumed_from"] == int(resumed.group(1))
+    assert list(model[1]["resumed_from"]) == [int(resumed.group(1))]
     # the uninterrupted training of the same config (the defaults train_args passes) on the same patches
     patches = workflow_copy / "results" / "patches.h5"
     mpirun(2, *train_args(patches, workflow_copy / "ref.h5", iterations=ITERATIONS))

@@ -17,7 +17,7 @@ from sae import SaeError, curve, h5io, labels
 from sae.sweep import records, scaling
 
 
-def fake_model(path, iterations=40, resumed_from=0):
+def fake_model(path, iterations=40, resumed_from=()):
     """A model.h5 in the real layout: a decreasing cost, a gradient norm, seconds."""
     rng = np.random.default_rng(0)
     it = np.arange(1, iterations + 1)
@@ -26,7 +26,7 @@ def fake_model(path, iterations=40, resumed_from=0):
         "cost": history[-1, 0],
         "iterations": iterations,
         "max_iterations": iterations,
-        "resumed_from": resumed_from,
+        "resumed_from": np.array(resumed_from, dtype=np.int64),
         "evaluations": iterations + 3,
         "ranks": 2,
         "train_seconds": 0.25,
@@ -42,16 +42,18 @@ def fake_model(path, iterations=40, resumed_from=0):
 
 
 def test_history_round_trips_and_summary_states_the_run(tmp_path):
-    history, _ = fake_model(tmp_path / "model.h5", resumed_from=17)
+    history, _ = fake_model(tmp_path / "model.h5", resumed_from=[17])
     read, read_attrs = h5io.read_history(tmp_path / "model.h5")
     assert np.array_equal(read, history)
     s = curve.summary(read, read_attrs)
     assert s["cost"] == history[-1, 0] and s["first_cost"] == history[0, 0]
-    assert (s["iterations"], s["evaluations"], s["ranks"], s["resumed_from"]) == (40, 43, 2, 17)
+    assert (s["iterations"], s["evaluations"], s["ranks"], s["resumes"]) == (40, 43, 2, [17])
     text = curve.describe(s)
     assert f"final cost {history[-1, 0]:.6f} after 40 iterations, 43 evaluations" in text
     assert "2 ranks, loop 0.25 s" in text and "resume after iteration 17" in text
-    assert "resume" not in curve.describe({**s, "resumed_from": 0})
+    assert "resume" not in curve.describe({**s, "resumes": []})
+    # model files written before the list: one number, 0 for not resumed
+    assert curve.resumes(np.int64(17)) == [17] and curve.resumes(np.int64(0)) == []
 
 
 def test_empty_history_and_missing_history_are_one_line_errors(tmp_path):
@@ -64,11 +66,12 @@ def test_empty_history_and_missing_history_are_one_line_errors(tmp_path):
         h5io.read_history(tmp_path / "model.h5")
 
 
-def test_curve_png_marks_the_resume_point(tmp_path):
-    history, attrs = fake_model(tmp_path / "model.h5", resumed_from=17)
+@pytest.mark.parametrize("resumes", [[17], [9, 26]])
+def test_curve_png_marks_every_resume_point(tmp_path, resumes):
+    history, attrs = fake_model(tmp_path / "model.h5", resumed_from=resumes)
     s = curve.summary(history, attrs)
     curve.plot(history, s, tmp_path / "resumed.png")
-    curve.plot(history, {**s, "resumed_from": 0}, tmp_path / "plain.png")
+    curve.plot(history, {**s, "resumes": []}, tmp_path / "plain.png")
     resumed = matplotlib.image.imread(tmp_path / "resumed.png")[..., :3]
     plain = matplotlib.image.imread(tmp_path / "plain.png")[..., :3]
     assert resumed.shape == plain.shape and resumed.shape[1] >= 900 and resumed.std() > 0.05
@@ -77,13 +80,17 @@ def test_curve_png_marks_the_resume_point(tmp_path):
     assert 0 < len(columns) and not list(tmp_path.glob(".*tmp*"))
     rows = np.flatnonzero(np.abs(resumed - plain).max(axis=(1, 2)) > 0.2)
     assert rows.max() - rows.min() > 0.6 * resumed.shape[0]  # the line crosses both panels
+    # one dashed line per resume: columns that differ in (nearly) every row of the lower panel
+    lower = np.abs(resumed - plain)[int(0.6 * resumed.shape[0]) : int(0.85 * resumed.shape[0])].max(axis=2)
+    lines = np.flatnonzero((lower > 0.2).mean(axis=0) > 0.3)
+    assert len(np.flatnonzero(np.diff(lines) > 3)) + 1 == len(resumes), lines
 
 
 # --- Labels: what the report states, from the run's own files ---------------------------------------
 
 
 def test_training_and_filters_labels_quote_the_model(tmp_path):
-    history, _ = fake_model(tmp_path / "model.h5", resumed_from=17)
+    history, _ = fake_model(tmp_path / "model.h5", resumed_from=[17])
     t = labels.training(tmp_path / "model.h5")
     assert t == {
         "cost": f"{history[-1, 0]:.6f}",

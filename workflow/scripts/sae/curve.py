@@ -2,8 +2,9 @@
 
 Row i of the history is iteration i + 1 (columns cost, grad_norm, seconds). A
 resumed run's history holds the iterations before the resume too; the model's
-attribute ``resumed_from`` names the iteration the last resume started after
-(0: not resumed).
+attribute ``resumed_from`` lists the iterations each resume started after, oldest
+first (empty: never interrupted; a single number in model files written before the
+list, 0 meaning not resumed).
 """
 
 from __future__ import annotations
@@ -29,8 +30,23 @@ def summary(history: np.ndarray, attrs: dict) -> dict:
         "evaluations": int(attrs["evaluations"]),
         "ranks": int(attrs["ranks"]),
         "loop_seconds": float(attrs["train_seconds"]),
-        "resumed_from": int(attrs.get("resumed_from", 0)),
+        "resumes": resumes(attrs.get("resumed_from", [])),
     }
+
+
+def resumes(value) -> list[int]:
+    """The resume iterations from a model's ``resumed_from`` attribute (list, or an older scalar)."""
+    if np.ndim(value) == 0:
+        return [int(value)] if int(value) else []
+    return [int(k) for k in value]
+
+
+def resumes_text(iterations: list[int]) -> str:
+    """'iteration 17', 'iterations 60 and 150', 'iterations 5, 60 and 150'."""
+    numbers = [str(k) for k in iterations]
+    if len(numbers) == 1:
+        return f"iteration {numbers[0]}"
+    return f"iterations {', '.join(numbers[:-1])} and {numbers[-1]}"
 
 
 def describe(s: dict) -> str:
@@ -39,8 +55,8 @@ def describe(s: dict) -> str:
         f"final cost {s['cost']:.6f} after {s['iterations']} iterations, {s['evaluations']} evaluations; "
         f"{s['ranks']} rank{'s' if s['ranks'] != 1 else ''}, loop {s['loop_seconds']:.2f} s"
     )
-    if s["resumed_from"]:
-        text += f" (since the resume after iteration {s['resumed_from']})"
+    if s["resumes"]:
+        text += f" (since the resume after iteration {s['resumes'][-1]})"
     return text
 
 
@@ -48,8 +64,8 @@ def plot(history: np.ndarray, s: dict, path) -> None:
     """training.png: cost (top) and gradient norm (bottom) on log scales against iteration.
 
     From 40 iterations on, an inset draws the cost after the first 5% of the
-    iterations on a linear scale. A resumed run has a dashed line after the iteration it resumed from;
-    the title is describe(s).
+    iterations on a linear scale. A resumed run has a dashed line after each iteration it was
+    resumed from; the title is describe(s).
     """
     import matplotlib
 
@@ -76,8 +92,9 @@ def plot(history: np.ndarray, s: dict, path) -> None:
         inset.tick_params(labelsize=7.5)
         inset.set_title(f"from iteration {first + 1}, linear scale", fontsize=8)
         inset.grid(True, alpha=0.3)
-        if s["resumed_from"] > first:
-            inset.axvline(s["resumed_from"] + 0.5, color="0.3", ls="--", lw=1.0)
+        for k in s["resumes"]:
+            if k > first:
+                inset.axvline(k + 0.5, color="0.3", ls="--", lw=1.0)
     bottom.plot(iteration, history[:, 1], color="#DD8452", lw=1.2)
     bottom.set_ylabel("gradient norm |∇J|")
     bottom.set_xlabel("L-BFGS iteration")
@@ -85,17 +102,17 @@ def plot(history: np.ndarray, s: dict, path) -> None:
         ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", alpha=0.1)
-        if s["resumed_from"]:
-            ax.axvline(s["resumed_from"] + 0.5, color="0.3", ls="--", lw=1.1)
-    if s["resumed_from"]:
-        bottom.text(
-            s["resumed_from"] + 0.5,
-            0.97,
-            f" resumed from iteration {s['resumed_from']}",
-            transform=bottom.get_xaxis_transform(),
-            va="top",
+        for k in s["resumes"]:
+            ax.axvline(k + 0.5, color="0.3", ls="--", lw=1.1)
+    if s["resumes"]:
+        bottom.text(  # lower left, inside the panel, where a falling gradient norm leaves room
+            0.015,
+            0.04,
+            f"dashed: resumed from {resumes_text(s['resumes'])}",
+            transform=bottom.transAxes,
             fontsize=9,
             color="0.3",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5},
         )
     top.set_xlim(0, max(len(history), 1) + 1)
     fig.suptitle("Training: cost and gradient norm per iteration", fontsize=12)

@@ -336,8 +336,9 @@ def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
         f.attrs.update(attrs)
 
 
-def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: dict) -> None:
-    """The optimizer's state (arrays by name) and the history; ``fingerprint`` (JSON) names what it fits.
+def write_checkpoint(path, optimizer: dict, history: np.ndarray, resumes, fingerprint: dict) -> None:
+    """The optimizer's state (arrays by name), the history and the iterations the training was
+    resumed after so far; ``fingerprint`` (JSON) names what it fits.
 
     The state's arrays are datasets of group "optimizer"; its single numbers (0-d
     arrays) go together into one float64 dataset "scalars", their names into its
@@ -346,7 +347,8 @@ def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: di
     """
     arrays = {name: value for name, value in optimizer.items() if np.ndim(value)}
     scalars = {name: float(value) for name, value in optimizer.items() if not np.ndim(value)}
-    nbytes = arrays_bytes(arrays) + 8 * len(scalars) + history.nbytes
+    resumes = np.asarray(resumes, dtype=np.int64).reshape(-1)
+    nbytes = arrays_bytes(arrays) + 8 * len(scalars) + history.nbytes + resumes.nbytes
     with new_file(path, nbytes + len(json.dumps([fingerprint, *scalars])) + 512) as f:
         group = f.create_group("optimizer")
         for name, value in arrays.items():
@@ -354,18 +356,24 @@ def write_checkpoint(path, optimizer: dict, history: np.ndarray, fingerprint: di
         numbers = group.create_dataset("scalars", data=np.array(list(scalars.values()), dtype=np.float64))
         numbers.attrs["names"] = json.dumps(list(scalars))
         f.create_dataset("history", data=history)
+        f.create_dataset("resumes", data=resumes)
         f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
 
 
 def read_checkpoint(path):
-    """(optimizer state dict, history, fingerprint) of a checkpoint file."""
+    """(optimizer state dict, history, resumes, fingerprint) of a checkpoint file.
+
+    resumes: the iterations the training was resumed after, oldest first (none recorded in
+    checkpoints written before there was a list).
+    """
     with open_input(path, "checkpoint") as f:
         try:
             group = f["optimizer"]
             state = {name: ds[()] for name, ds in group.items() if name != "scalars"}
             names = json.loads(group["scalars"].attrs["names"])
             state.update(zip(names, group["scalars"][()], strict=True))
-            return state, f["history"][()], json.loads(f.attrs["fingerprint"])
+            resumes = [int(k) for k in f["resumes"][()]] if "resumes" in f else []
+            return state, f["history"][()], resumes, json.loads(f.attrs["fingerprint"])
         except (KeyError, ValueError) as err:
             raise SaeError(f"{path}: not a complete checkpoint ({err})") from None
 

@@ -29,7 +29,7 @@ def training(model_path) -> dict:
         "evaluations": str(s["evaluations"]),
         "ranks": str(s["ranks"]),
         "loop": f"{s['loop_seconds']:.2f} s",
-        "resumed": f"after iteration {s['resumed_from']}" if s["resumed_from"] else "no",
+        "resumed": f"after {curve.resumes_text(s['resumes'])}" if s["resumes"] else "no",
     }
 
 

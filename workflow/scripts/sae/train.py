@@ -171,11 +171,12 @@ def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
 
 
 def resume_point(job: Job, run_fingerprint: dict):
-    """(optimizer state, history) from a usable checkpoint of this run, or None (reason logged)."""
+    """(optimizer state, history, earlier resumes) from a usable checkpoint of this run, or None
+    (reason logged)."""
     if job.checkpoint is None or not Path(job.checkpoint).exists():
         return None
     try:
-        state, history, saved = h5io.read_checkpoint(job.checkpoint)
+        state, history, resumes, saved = h5io.read_checkpoint(job.checkpoint)
     except SaeError as err:
         log.warning("checkpoint not used: %s", err)
         return None
@@ -189,7 +190,7 @@ def resume_point(job: Job, run_fingerprint: dict):
             ", ".join(diff),
         )
         return None
-    return state, history
+    return state, history, resumes
 
 
 @contextlib.contextmanager
@@ -213,7 +214,7 @@ class Training:
 
     optimizer: lbfgs.LBFGS
     history: list  # rows (cost, grad_norm, seconds), one per iteration
-    resumed_from: int  # iterations done before this run
+    resumes: list  # the iterations done before each resume of this training, oldest first
     fingerprint: dict
 
 
@@ -286,10 +287,10 @@ def start_or_resume(hp: dict, job: Job, n_total: int) -> Training:
     resumed = resume_point(job, run_fingerprint)
     if resumed is None:
         theta0 = initial_theta(job.side**2, hp["hidden"], np.random.default_rng(hp["seed"]))
-        return Training(lbfgs.LBFGS(theta0, **OPTIMIZER_SETTINGS), [], 0, run_fingerprint)
-    state, history = resumed
+        return Training(lbfgs.LBFGS(theta0, **OPTIMIZER_SETTINGS), [], [], run_fingerprint)
+    state, history, resumes = resumed
     optimizer = lbfgs.LBFGS.from_state(state, **OPTIMIZER_SETTINGS)
-    training = Training(optimizer, [tuple(r) for r in history], len(history), run_fingerprint)
+    training = Training(optimizer, [tuple(r) for r in history], [*resumes, len(history)], run_fingerprint)
     log.info(
         "resumed from iteration %d, evaluation %d (checkpoint %s)",
         len(history),
@@ -365,6 +366,7 @@ def save_checkpoint(training: Training, job: Job) -> bool:
         job.checkpoint,
         training.optimizer.state(),
         np.array(training.history, dtype=np.float64).reshape(-1, 3),
+        training.resumes,
         training.fingerprint,
     )
     return True
@@ -394,7 +396,7 @@ def write(training: Training, hp: dict, job: Job, n_total: int, ranks: int, stre
         **{k: hp[k] for k in HYPERPARAMETERS},
         "max_iterations": hp["iterations"],
         "iterations": len(history),
-        "resumed_from": training.resumed_from,
+        "resumed_from": np.array(training.resumes, dtype=np.int64),  # every resume's iteration
         "cost": opt.f,
         "evaluations": opt.evaluations,
         "ranks": ranks,

@@ -3,7 +3,11 @@
 Built from Debian's packages (``apt-get install slurmctld slurmd slurm-client
 munge``, and ``iproute2`` for several nodes) and meant for root on a disposable
 machine or container: ``start()`` writes ``/etc/slurm/slurm.conf`` (where
-``srun`` inside jobs looks for it) and starts munged, slurmctld and the slurmds.
+``srun`` inside jobs looks for it) and starts munged, slurmctld and the slurmds;
+``stop()`` puts back the slurm.conf that was there before (usually none). A
+slurm.conf left behind would cost every later Snakemake command ten seconds: the
+Slurm executor plugin asks ``scontrol show config`` at start-up, and scontrol
+waits that long for a controller that no longer runs.
 
 - One node (``start(nodes=1)``): slurmd runs beside slurmctld, under this
   machine's host name.
@@ -36,6 +40,7 @@ import time
 from pathlib import Path
 
 CONF = Path("/etc/slurm/slurm.conf")
+CONF_MARK = "# Written by tests/slurm_cluster.py"  # the first line of the slurm.conf start() writes
 BASE = Path("/var/spool/slurm_cluster")
 STATE = BASE / "cluster.json"  # what start() started: {"nodes", "processes", "netns", "bridge"}
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -299,7 +304,7 @@ def _write_conf(host: str, nodes: int) -> None:
     CONF.parent.mkdir(parents=True, exist_ok=True)
     CONF.write_text(
         f"""\
-# Written by tests/slurm_cluster.py: a throwaway test cluster of {nodes} node(s).
+{CONF_MARK}: a throwaway test cluster of {nodes} node(s).
 ClusterName=testcluster
 SlurmctldHost={controller}
 SlurmUser=root
@@ -416,7 +421,7 @@ def start(nodes: int = 1, timeout: float = 60) -> bool:
         return False
     stop()  # leftovers of an earlier start() that are not the cluster asked for
     host = socket.gethostname().split(".")[0]
-    state = {"nodes": nodes, "processes": [], "netns": [], "bridge": None}
+    state = {"nodes": nodes, "processes": [], "netns": [], "bridge": None, "conf_before": _machines_conf()}
     _write_state(state)
     try:
         if not _pids_named("munged"):  # a running munged (the machine's) is shared
@@ -454,8 +459,22 @@ def stop(timeout: float = 15) -> bool:
         _run("ip", "link", "delete", state["bridge"])
     _terminate(by_name["slurmctld"], timeout)
     _terminate(by_name["munged"], timeout)
+    before = state.get("conf_before")
+    if before is not None:
+        CONF.write_text(before)
+    else:
+        CONF.unlink(missing_ok=True)
     STATE.unlink()
     return True
+
+
+def _machines_conf() -> str | None:
+    """The machine's own slurm.conf, to put back at stop(); None if there is none (or only ours)."""
+    try:
+        text = CONF.read_text()
+    except FileNotFoundError:
+        return None
+    return None if text.startswith(CONF_MARK) else text
 
 
 def node_processes(i: int) -> list[int]:

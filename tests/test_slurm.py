@@ -35,6 +35,10 @@ def cluster():
     yield
     if started:
         slurm_cluster.stop()
+        # the test cluster's slurm.conf is gone (a leftover one slows every later snakemake by 10 s)
+        assert not slurm_cluster.CONF.exists() or not slurm_cluster.CONF.read_text().startswith(
+            slurm_cluster.CONF_MARK
+        )
 
 
 @pytest.fixture(scope="module")

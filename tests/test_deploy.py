@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import ssl
-import subprocess
 import sys
 import threading
 
@@ -25,7 +24,16 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from skimage.io import imsave
 
-from conftest import REPO, copy_workflow, load_config, smooth_images, snakemake, unavailable, write_config
+from conftest import (
+    REPO,
+    copy_workflow,
+    load_config,
+    run,
+    smooth_images,
+    snakemake,
+    unavailable,
+    write_config,
+)
 
 SMALL = load_config("small")
 TINY_SWEEP = load_config("tiny_sweep")
@@ -206,8 +214,7 @@ def https_git_host(root, cert, key):
 
 
 def git(*args, cwd):
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=cwd,
-                   check=True, capture_output=True)  # fmt: skip
+    return run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=cwd)
 
 
 def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_cache(tmp_path, monkeypatch):
@@ -222,8 +229,8 @@ def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_ca
             unavailable(f"no {tool} on this machine", "the git-host test")
     source = tmp_path / "source"
     source.mkdir()
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
-    for name in tracked.decode().split("\0"):
+    tracked = git("ls-files", "-z", cwd=REPO).stdout
+    for name in tracked.split("\0"):
         if name and (REPO / name).is_file():  # the working tree's version of each file
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
@@ -235,9 +242,9 @@ def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_ca
     git("clone", "-q", "--bare", source, hosted, cwd=tmp_path)
     git("update-server-info", cwd=hosted)
     cert, key = tmp_path / "host.pem", tmp_path / "host.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)  # fmt: skip
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", key, "-out", cert])  # fmt: skip
     monkeypatch.setenv("GIT_SSL_CAINFO", str(cert))  # git trusts the host's certificate, nothing else
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # Snakemake's source cache
     user = tmp_path / "analysis"

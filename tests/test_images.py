@@ -1,11 +1,13 @@
 """Image loading, checks and whitening."""
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.io
 from skimage.io import imsave
 
-from conftest import smooth_images
+from conftest import SCRIPTS, run, smooth_images
 from sae import SaeError, h5io, images, patches
 
 
@@ -65,6 +67,36 @@ def test_reads_png_rgb_npy_stack_and_mat(tmp_path):
     np.testing.assert_array_equal(imgs[2], stack[:, :, 0])
     np.testing.assert_array_equal(imgs[7], stack[:, :, 2])
     assert names[2].endswith("s.npy[0]") and digests[2] == digests[4] != digests[5]
+
+
+def test_larger_images_are_downscaled_to_the_shorter_side_keeping_the_aspect(tmp_path):
+    for name, shape in [("wide", (60, 90)), ("tall", (90, 61)), ("small", (20, 30))]:
+        np.save(tmp_path / f"{name}.npy", smooth_images(1, 90)[0][: shape[0], : shape[1]])
+    files = [tmp_path / f"{name}.npy" for name in ("wide", "tall", "small")]
+    shapes = [img.shape for img, _, _ in images.load(files, whiten=False, shorter_side=30)]
+    assert shapes == [(30, 45), (44, 30), (20, 30)]  # never enlarged
+    assert [img.shape for img, _, _ in images.load(files, whiten=False)] == [(60, 90), (90, 61), (20, 30)]
+
+
+def test_downscaling_filters_out_what_the_smaller_grid_cannot_hold():
+    """Stripes at the pixel grid's Nyquist frequency over a ramp, shrunk by 3.2: gray, not moire.
+
+    Without anti-aliasing the stripes would alias to a pattern of 0.3 in amplitude.
+    """
+    stripes = np.indices((96, 96)).sum(axis=0) % 2 + 0.5 * np.linspace(0, 1, 96)[:, None]
+    small = images.downscale(stripes, 30)
+    assert small.shape == (30, 30)
+    checkers = small - small.mean(axis=1, keepdims=True)
+    assert np.abs(checkers).max() < 0.01  # of 0.5 before
+    assert np.corrcoef(small[:, 0], np.linspace(0, 1, 30))[0, 1] > 0.999  # the slow ramp stays
+
+
+def test_the_images_script_downscales_with_shorter_side(tmp_path):
+    np.save(tmp_path / "a.npy", smooth_images(1, 90)[0][:60])
+    run([sys.executable, SCRIPTS / "load_images.py", "--shorter-side", "40", "--", tmp_path / "i.h5",
+         tmp_path / "a.npy"])  # fmt: skip
+    with h5io.ImagesFile(tmp_path / "i.h5") as back:
+        assert back.shapes == [(40, 60)]
 
 
 def test_h5_roundtrip_keeps_names_and_digests(tmp_path):

@@ -76,6 +76,12 @@ def test_changing_count_reruns_patches_training_and_filters(pipeline):
     assert planned_jobs(folder, config) == {"patches", "train", "filters"}
 
 
+def test_changing_the_image_size_reruns_from_the_images_stage(pipeline):
+    folder, _, _ = pipeline
+    config = small_config(folder, "side.yaml", {"images": {"shorter_side": 256}})
+    assert planned_jobs(folder, config) == {"images", "patches", "train", "filters"}
+
+
 def test_changing_only_the_rank_count_reruns_nothing(pipeline):
     """The model does not depend on the rank count, so neither does the cache."""
     folder, _, _ = pipeline
@@ -96,6 +102,8 @@ BAD_CONFIGS = [
     ({"colour": {"x": 1}}, "'colour' was unexpected"),
     ({"images": {"source": ["nowhere/*.png"]}}, "matches no files"),
     ({"images": {"source": ["missing.png"]}}, "no such file 'missing.png'"),
+    ({"images": {"shorter_side": 0}}, "images.shorter_side"),
+    ({"images": {"shorter_side": 4}, "patches": {"side": 8}}, "images.shorter_side: 4 is smaller than"),
 ]
 
 

@@ -10,8 +10,9 @@ rule images:
     params:
         source=config["images"]["source"],
         whiten="" if config["images"]["whiten"] else "--no-whiten",
+        shorter_side=config["images"]["shorter_side"] or 0,
     shell:
         logged(
             f"python {script('load_images.py')}"
-            " {params.whiten:q} -- {output:q} {input:q}"
+            " {params.whiten:q} --shorter-side {params.shorter_side:q} -- {output:q} {input:q}"
         )

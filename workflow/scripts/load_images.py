@@ -11,6 +11,10 @@ def body():
     parser.add_argument("out", help="images.h5 to write")
     parser.add_argument("files", nargs="*", help="image files; none means the sample photographs")
     parser.add_argument("--no-whiten", dest="whiten", action="store_false", help="already whitened")
+    parser.add_argument(
+        "--shorter-side", type=int, default=0, metavar="PIXELS",
+        help="downscale larger images to this shorter side; 0 (default): full resolution",
+    )  # fmt: skip
     args = parser.parse_args()
     source = args.files or "sample"
 
@@ -19,9 +23,10 @@ def body():
             print(f"{name}: {img.shape[0]} x {img.shape[1]}")
             yield img, name, digest
 
-    count = h5io.write_images(
-        args.out, logged(images.load(source, args.whiten)), args.whiten, images.VARIANCE
-    )
+    if args.shorter_side:
+        print(f"downscaling images whose shorter side is over {args.shorter_side} pixels to that size")
+    loaded = images.load(source, args.whiten, args.shorter_side or None)
+    count = h5io.write_images(args.out, logged(loaded), args.whiten, images.VARIANCE)
     peak = cli.peak_rss_mb()
     print(f"wrote {count} images to {args.out} (whitened: {args.whiten}); peak RSS {peak:.0f} MB")
 

@@ -1,7 +1,8 @@
 """The config's check: validate it against the JSON schema and fill in the defaults.
 
 Owns turning a bad key into one ``config <key>: ...`` line; the schema itself
-(workflow/schemas/config.schema.yaml) owns the keys, their types and defaults.
+(workflow/schemas/config.schema.yaml) owns the keys, their types and defaults, and
+``validate`` adds the relations between keys that a schema cannot state.
 """
 
 from __future__ import annotations
@@ -37,4 +38,7 @@ def validate(config: dict, schema_path) -> dict:
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "top level"
         raise SaeError(f"config {where}: {error.message}")
+    shorter, side = config["images"]["shorter_side"], config["patches"]["side"]
+    if shorter is not None and shorter < side:
+        raise SaeError(f"config images.shorter_side: {shorter} is smaller than patches.side ({side})")
     return config

@@ -61,6 +61,24 @@ def square(img: np.ndarray, side: int) -> np.ndarray:
     return resize(img[top : top + m, left : left + m], (side, side), anti_aliasing=True)
 
 
+def downscale(img: np.ndarray, shorter_side: int | None) -> np.ndarray:
+    """img resized, anti-aliased, so that its shorter side is ``shorter_side`` pixels.
+
+    The aspect ratio is kept. An image whose shorter side is already no longer,
+    or shorter_side None, is returned as it is (never enlarged).
+    """
+    h, w = img.shape
+    if shorter_side is None or min(h, w) <= shorter_side:
+        return img
+    from skimage.transform import resize
+
+    if h <= w:
+        shape = (shorter_side, max(shorter_side, round(w * shorter_side / h)))
+    else:
+        shape = (max(shorter_side, round(h * shorter_side / w)), shorter_side)
+    return resize(img, shape, anti_aliasing=True)
+
+
 def sample_images():
     """The ten sample photographs as 512 x 512 grayscale: (image, name, sha256) one at a time."""
     import skimage.data
@@ -192,9 +210,11 @@ def whiten_image(img: np.ndarray, f0: float = F0, variance: float = VARIANCE) ->
     return out * np.sqrt(variance / out.var())
 
 
-def load(source, whiten: bool):
+def load(source, whiten: bool, shorter_side: int | None = None):
     """(image, name, sha256) from ``source`` ("sample" or a list of files), one at a time,
-    each checked and, if ``whiten``, whitened."""
+    each checked, downscaled to ``shorter_side`` (see ``downscale``) and, if ``whiten``,
+    whitened."""
     for img, name, digest in sample_images() if source == "sample" else load_files(source):
         check(img, name)
+        img = downscale(img, shorter_side)
         yield (whiten_image(img) if whiten else img), name, digest

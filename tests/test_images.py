@@ -1,6 +1,8 @@
 """Image loading, checks and whitening."""
 
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +99,27 @@ def test_the_images_script_downscales_with_shorter_side(tmp_path):
          tmp_path / "a.npy"])  # fmt: skip
     with h5io.ImagesFile(tmp_path / "i.h5") as back:
         assert back.shapes == [(40, 60)]
+
+
+def test_source_files_expand_globs_and_folders_each_file_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ["set/2.png", "set/1.JPG", "set/notes.txt", "set/.x.png", "set/sub/3.png", "empty/notes.txt",
+                 "odd/photo[1].png", "odd/photo1.png"]:  # fmt: skip
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_bytes(b"")
+    assert images.source_files("set") == ["set/1.JPG", "set/2.png"]
+    assert images.source_files(["set/notes.txt", "set/*", "./set/2.png"]) == [
+        "set/notes.txt", "set/1.JPG", "set/2.png", "set/sub/3.png"
+    ]  # fmt: skip
+    named_like_a_glob = images.source_files(["odd/photo[1].png", "odd/photo[0-9].png"])
+    assert named_like_a_glob == ["odd/photo[1].png", "odd/photo1.png"]
+    for source, message in [
+        ("empty", "folder 'empty' holds no image files"),
+        ("none/*.png", "'none/*.png' matches no files"),
+        (["set", "gone.png"], "no such file 'gone.png'"),
+    ]:
+        with pytest.raises(SaeError, match=re.escape(message)):
+            images.source_files(source)
 
 
 def test_h5_roundtrip_keeps_names_and_digests(tmp_path):

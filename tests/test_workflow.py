@@ -139,3 +139,22 @@ def test_bad_image_data_fails_before_training_with_nothing_written(workflow_copy
     assert not [p for p in results.iterdir() if ".tmp" in p.name]
     # Image checks fail in the first stage; the side check needs patches.side, in the second.
     assert (results / "images.h5").exists() == (name == "small.npy")
+
+
+def test_a_folder_of_images_is_its_image_files_and_a_new_one_reruns_the_images_stage(workflow_copy):
+    photos = workflow_copy / "my photos"
+    (photos / "older").mkdir(parents=True)
+    for name, img in zip(["b.npy", "A.NPY", "older/c.npy"], smooth_images(3, 32), strict=True):
+        with open(photos / name, "wb") as f:  # np.save would add .npy to A.NPY
+            np.save(f, img)
+    (photos / "Thumbs.db").write_bytes(b"not an image")
+    (photos / ".hidden.npy").write_bytes(b"not an image either")
+    source = ["my photos", "my photos/b.npy"]
+    config = small_config(workflow_copy, "folder.yaml", {"images": {"source": source}})
+    snakemake(workflow_copy, "results/images.h5", "--cores", "2", "--configfile", config)
+    with h5py.File(workflow_copy / "results" / "images.h5") as f:
+        names = [f["images"][key].attrs["name"] for key in sorted(f["images"])]
+    assert names == ["my photos/A.NPY", "my photos/b.npy"]  # sorted, once each, not the subfolder's
+    np.save(photos / "d.npy", smooth_images(1, 32, seed=1)[0])
+    proc = snakemake(workflow_copy, "results/images.h5", "-n", "--configfile", config)
+    assert set(job_counts(proc.stdout)) == {"images"}

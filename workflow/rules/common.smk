@@ -1,5 +1,3 @@
-import glob
-
 # This workflow's own files: the entry scripts (one per rule), the package they import,
 # and the config schema. Each is found from this file's location through Snakemake's
 # source cache (workflow.source_path), never from the working directory, so the workflow
@@ -61,19 +59,13 @@ def script(name):
 
 
 def image_files():
-    """The image files named by images.source (globs expanded); none for "sample"."""
+    """The image files named by images.source (see sae.images.source_files); none for "sample"."""
+    from sae.images import source_files
+
     source = config["images"]["source"]
     if source == "sample":
         return []
-    files = []
-    for pattern in [source] if isinstance(source, str) else source:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise SaeError(f"config images.source: {pattern!r} matches no files")
-        files.extend(matches)
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-        raise SaeError(f"config images.source: no such file {missing[0]!r}")
+    files = source_files(source)
     braces = [f for f in files if "{" in f or "}" in f]
     if braces:  # Snakemake reads braces in a path as a wildcard
         raise SaeError(

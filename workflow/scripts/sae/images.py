@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,51 @@ SAMPLE_FILES = {
 SAMPLE_SIDE = 512
 VARIANCE = 0.1  # Olshausen & Field scaled IMAGES.mat to this variance
 F0 = 0.4  # cutoff in cycles per pixel: 0.4 x image size in cycles per picture
+
+
+# What a folder in images.source stands for: the files directly in it with these suffixes.
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy", ".mat")
+
+
+def source_files(source) -> list[str]:
+    """The image files config images.source names, in order, each once.
+
+    source: a file, a glob or a folder, or a list of them (an existing file or folder is
+    taken by its name, even if it looks like a glob). A folder (listed, or
+    matched by a glob) stands for the files directly in it whose suffix is one of
+    SUFFIXES, in any case, sorted by name; hidden files are left out. A file listed
+    twice, or matched by two entries, is taken once, where it first appears.
+    """
+    files = []
+    for entry in [source] if isinstance(source, str) else source:
+        literal = os.path.exists(entry) or not glob.has_magic(entry)  # "photo[1].png" is a name
+        matches = [entry] if literal else sorted(glob.glob(entry))
+        if not matches:
+            raise SaeError(f"config images.source: {entry!r} matches no files")
+        for match in matches:
+            if os.path.isdir(match):
+                found = sorted(
+                    os.path.join(match, name)
+                    for name in os.listdir(match)
+                    if not name.startswith(".")
+                    and name.lower().endswith(SUFFIXES)
+                    and os.path.isfile(os.path.join(match, name))
+                )
+                if not found:
+                    kinds = ", ".join(SUFFIXES)
+                    raise SaeError(f"config images.source: folder {match!r} holds no image files ({kinds})")
+                files.extend(found)
+            elif os.path.isfile(match):
+                files.append(match)
+            else:
+                raise SaeError(f"config images.source: no such file {match!r}")
+    seen, unique = set(), []
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
 def sha256(path) -> str:

@@ -95,8 +95,9 @@ def test_downscaling_filters_out_what_the_smaller_grid_cannot_hold():
 
 def test_the_images_script_downscales_with_shorter_side(tmp_path):
     np.save(tmp_path / "a.npy", smooth_images(1, 90)[0][:60])
-    run([sys.executable, SCRIPTS / "load_images.py", "--shorter-side", "40", "--", tmp_path / "i.h5",
-         tmp_path / "a.npy"])  # fmt: skip
+    (tmp_path / "list").write_bytes(bytes(tmp_path / "a.npy") + b"\0")
+    options = ["--shorter-side", "40", "--files-from", tmp_path / "list"]
+    run([sys.executable, SCRIPTS / "load_images.py", *options, "--", tmp_path / "i.h5"])
     with h5io.ImagesFile(tmp_path / "i.h5") as back:
         assert back.shapes == [(40, 60)]
 

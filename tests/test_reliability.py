@@ -346,10 +346,12 @@ def test_a_full_disk_while_writing_images_keeps_the_earlier_file(tmp_path):
         np.save(files[-1], img)
     with small_filesystem(tmp_path / "disk", 200) as disk:
         out = disk / "images.h5"
-        load = [sys.executable, SCRIPTS / "load_images.py", out]
-        run([*load, *files[:1]])
+        (tmp_path / "one").write_bytes(bytes(files[0]) + b"\0")
+        (tmp_path / "all").write_bytes(b"".join(bytes(f) + b"\0" for f in files))
+        load = [sys.executable, SCRIPTS / "load_images.py", out, "--files-from"]
+        run([*load, tmp_path / "one"])
         before = out.read_bytes()
-        proc = run([*load, *files], check=False)  # 8 x 32 kB: does not fit beside the first
+        proc = run([*load, tmp_path / "all"], check=False)  # 8 x 32 kB: does not fit beside the first
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {out}: No space left")
         assert "0.npy: 64 x 64" in proc.stdout  # it failed on the way, not up front

@@ -1,5 +1,7 @@
 """The Snakemake workflow end to end, in a temporary copy: outputs, caching, bad input."""
 
+import os
+
 import h5py
 import matplotlib.image
 import numpy as np
@@ -158,3 +160,20 @@ def test_a_folder_of_images_is_its_image_files_and_a_new_one_reruns_the_images_s
     np.save(photos / "d.npy", smooth_images(1, 32, seed=1)[0])
     proc = snakemake(workflow_copy, "results/images.h5", "-n", "--configfile", config)
     assert set(job_counts(proc.stdout)) == {"images"}
+
+
+def test_more_image_files_than_a_command_line_holds(workflow_copy):
+    """Their names reach the images script through a NUL-separated list, not as arguments."""
+    folder = workflow_copy / ("photographs of the long expedition " * 4).strip()
+    folder.mkdir()
+    img = smooth_images(1, 8)[0]
+    stem = "frame of a very long time lapse sequence number " * 3
+    names = [f"{folder.name}/{stem}{k:05d}.npy" for k in range(9000)]
+    for name in names:
+        np.save(workflow_copy / name, img)
+    assert sum(len(os.fsencode(n)) + 1 for n in names) > os.sysconf("SC_ARG_MAX")  # too long as arguments
+    config = small_config(workflow_copy, "many.yaml", {"images": {"source": [folder.name], "whiten": False}})
+    snakemake(workflow_copy, "results/images.h5", "--cores", "1", "--configfile", config)
+    with h5py.File(workflow_copy / "results" / "images.h5") as f:
+        assert len(f["images"]) == len(names)
+        assert f["images"]["8999"].attrs["name"] == names[-1]

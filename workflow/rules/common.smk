@@ -51,6 +51,8 @@ os.environ.update(SAE_SCRIPTS=str(SCRIPTS))  # set here, for the rules' shells
 #     logged(f"python {script('plot_filters.py')}" " --opt {params.x:q} -- {input:q} {output:q}")
 # Every field is quoted (:q); options come first, then `--` and the paths. Paths and
 # config values reach the command only through Snakemake's fields, never as Python text.
+# A list of any length (the image files) goes as --files-from <(printf '%s\0' {input:q}):
+# printf is a shell builtin, so the names never meet the kernel's cap on arguments.
 def script(name):
     """The quoted path of entry script workflow/scripts/<name>, for a rule's shell command."""
     if name not in ENTRY_SCRIPTS:

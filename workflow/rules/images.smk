@@ -14,5 +14,6 @@ rule images:
     shell:
         logged(
             f"python {script('load_images.py')}"
-            " {params.whiten:q} --shorter-side {params.shorter_side:q} -- {output:q} {input:q}"
+            " {params.whiten:q} --shorter-side {params.shorter_side:q}"
+            " --files-from <(printf '%s\\0' {input:q}) -- {output:q}"
         )

@@ -9,14 +9,16 @@ def body():
     # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", help="images.h5 to write")
-    parser.add_argument("files", nargs="*", help="image files; none means the sample photographs")
+    parser.add_argument(
+        "--files-from", metavar="LIST", help="image files, each ended by a NUL byte; none: the samples"
+    )
     parser.add_argument("--no-whiten", dest="whiten", action="store_false", help="already whitened")
     parser.add_argument(
         "--shorter-side", type=int, default=0, metavar="PIXELS",
         help="downscale larger images to this shorter side; 0 (default): full resolution",
     )  # fmt: skip
     args = parser.parse_args()
-    source = args.files or "sample"
+    source = (cli.nul_separated(args.files_from) if args.files_from else []) or "sample"
 
     def logged(loaded):
         for img, name, digest in loaded:

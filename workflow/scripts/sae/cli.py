@@ -10,6 +10,7 @@ as same-shape pairs; they stay on purpose).
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 import time
@@ -52,6 +53,18 @@ class BatchedStreamHandler(logging.StreamHandler):
             if lines:
                 self.stream.write("".join(lines))
             self.stream.flush()
+
+
+def nul_separated(path) -> list[str]:
+    """The names in file ``path``, each ended by a NUL byte (``printf '%s\\0' NAME...``).
+
+    A rule passes a list of any length this way, through a shell builtin and a
+    process substitution: as arguments, tens of thousands of paths would exceed
+    the kernel's limit on a command's arguments (ARG_MAX, 2 MB on Linux).
+    NUL is the one byte no path can hold; empty names are dropped.
+    """
+    with open(path, "rb") as f:
+        return [os.fsdecode(name) for name in f.read().split(b"\0") if name]
 
 
 def peak_rss_mb() -> float:

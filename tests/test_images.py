@@ -123,6 +123,18 @@ def test_source_files_expand_globs_and_folders_each_file_once(tmp_path, monkeypa
             images.source_files(source)
 
 
+def test_a_cmyk_jpeg_reads_as_the_photograph_not_its_inverse(tmp_path):
+    from PIL import Image
+
+    rgb = np.stack([(255 * img / img.max()).clip(0, 255) for img in np.abs(smooth_images(3, 64))], axis=2)
+    photo = Image.fromarray(rgb.astype(np.uint8))
+    photo.save(tmp_path / "rgb.png")
+    photo.convert("CMYK").save(tmp_path / "print.jpg", quality=95)
+    (gray, _, _), (cmyk, _, _) = images.load_files([tmp_path / "rgb.png", tmp_path / "print.jpg"])
+    assert cmyk.shape == gray.shape
+    assert np.corrcoef(gray.ravel(), cmyk.ravel())[0, 1] > 0.98  # -1 if read as RGBA
+
+
 def test_h5_roundtrip_keeps_names_and_digests(tmp_path):
     imgs = smooth_images(2, 16)
     triples = zip(imgs, ["a", "b"], ["0" * 64, "1" * 64], strict=True)

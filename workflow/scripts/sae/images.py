@@ -164,12 +164,28 @@ def _stack(path: Path):
     elif suffix == ".mat":
         stack = _read_mat(path)
     else:
-        from skimage.io import imread
-
-        stack = to_gray(imread(path))[..., None]
+        stack = to_gray(_pixels(path))[..., None]
     if stack.ndim != 3:
         raise SaeError(f"{path}: expected a 2-D image or an H x W x K stack, got shape {stack.shape}")
     return stack
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """The pixels of an image file; a CMYK one (from print work) converted to RGB.
+
+    skimage's reader returns CMYK's four channels as they are, which would pass
+    for RGBA; Pillow converts them.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from skimage.io import imread
+
+    try:
+        with Image.open(path) as img:
+            if img.mode == "CMYK":
+                return np.asarray(img.convert("RGB"))
+    except UnidentifiedImageError:
+        pass  # not for Pillow; skimage's reader may know the format
+    return imread(path)
 
 
 def read_file(path):

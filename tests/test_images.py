@@ -4,6 +4,7 @@ import re
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import scipy.io
@@ -143,6 +144,19 @@ def test_h5_roundtrip_keeps_names_and_digests(tmp_path):
         assert back.names == ["a", "b"] and back.digests == ["0" * 64, "1" * 64]
         assert back.shapes == [(16, 16), (16, 16)] and len(back) == 2
         np.testing.assert_array_equal(back[1], imgs[1])
+
+
+def test_images_read_back_in_the_order_written_beyond_a_thousand(tmp_path):
+    img = smooth_images(1, 8)[0]
+    triples = ((img + k, f"image {k}", "0" * 64) for k in range(1001))
+    h5io.write_images(tmp_path / "i.h5", triples, False, 0.1)
+    with h5io.ImagesFile(tmp_path / "i.h5") as back:
+        assert back.names == [f"image {k}" for k in range(1001)]  # "1000" sorts before "101" as text
+        np.testing.assert_array_equal(back[1000], img + 1000)
+    with h5py.File(tmp_path / "i.h5", "a") as f:
+        f["images"]["extra"] = img  # not a file this workflow writes
+    with pytest.raises(SaeError, match="not named by its number"):
+        h5io.ImagesFile(tmp_path / "i.h5")
 
 
 def test_images_are_read_and_whitened_one_at_a_time(tmp_path):

@@ -208,7 +208,12 @@ class ImagesFile(_InputFile):
         if "images" not in self.file or not len(self.file["images"]):
             self.file.close()
             raise SaeError(f"{path}: no images in group 'images'")
-        self.datasets = [self.file["images"][key] for key in sorted(self.file["images"])]
+        group = self.file["images"]
+        try:  # datasets 000, 001, ..., 999, 1000, ...: in the order written, not as strings sort
+            self.datasets = [group[key] for key in sorted(group, key=int)]
+        except ValueError:
+            self.file.close()
+            raise SaeError(f"{path}: group 'images' holds a dataset not named by its number") from None
         self.shapes = [ds.shape for ds in self.datasets]
         self.names = [str(ds.attrs["name"]) for ds in self.datasets]
         self.digests = [str(ds.attrs["sha256"]) for ds in self.datasets]

@@ -113,6 +113,7 @@ def test_source_files_expand_globs_and_folders_each_file_once(tmp_path, monkeypa
     assert images.source_files(["set/notes.txt", "set/*", "./set/2.png"]) == [
         "set/notes.txt", "set/1.JPG", "set/2.png", "set/sub/3.png"
     ]  # fmt: skip
+    assert images.source_files("set/**/*.png") == ["set/2.png", "set/sub/3.png"]
     named_like_a_glob = images.source_files(["odd/photo[1].png", "odd/photo[0-9].png"])
     assert named_like_a_glob == ["odd/photo[1].png", "odd/photo1.png"]
     for source, message in [

@@ -37,8 +37,9 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy", "
 def source_files(source) -> list[str]:
     """The image files config images.source names, in order, each once.
 
-    source: a file, a glob or a folder, or a list of them (an existing file or folder is
-    taken by its name, even if it looks like a glob). A folder (listed, or
+    source: a file, a glob (``**`` for any depth of folders) or a folder, or a list of
+    them (an existing file or folder is taken by its name, even if it looks like a
+    glob). A folder (listed, or
     matched by a glob) stands for the files directly in it whose suffix is one of
     SUFFIXES, in any case, sorted by name; hidden files are left out. A file listed
     twice, or matched by two entries, is taken once, where it first appears.
@@ -46,7 +47,7 @@ def source_files(source) -> list[str]:
     files = []
     for entry in [source] if isinstance(source, str) else source:
         literal = os.path.exists(entry) or not glob.has_magic(entry)  # "photo[1].png" is a name
-        matches = [entry] if literal else sorted(glob.glob(entry))
+        matches = [entry] if literal else sorted(glob.glob(entry, recursive=True))
         if not matches:
             raise SaeError(f"config images.source: {entry!r} matches no files")
         for match in matches:

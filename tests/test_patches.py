@@ -84,7 +84,9 @@ def test_normalization_as_in_ngs_exercise():
 
 
 def test_side_larger_than_the_smallest_image_is_refused():
-    with pytest.raises(SaeError, match=r"patches.side = 33 is larger than the smallest image side \(32\)"):
+    with pytest.raises(
+        SaeError, match=r"patches.side = 33 is larger than the smallest image side \(32, image 1\)"
+    ):
         patches.sample([np.zeros((40, 40)), np.zeros((32, 50))], 10, 33, 0)
 
 

@@ -123,7 +123,7 @@ BAD_DATA = [
     ("nan.npy", lambda p: np.save(p, np.where(np.eye(32) > 0, np.nan, 1.0)), "NaN or Inf"),
     ("flat.npy", lambda p: np.save(p, np.full((32, 32), 0.5)), "image is constant"),
     ("broken.png", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\ngarbage"), "cannot read image"),
-    ("small.npy", lambda p: np.save(p, smooth_images(1, 6)[0]), "larger than the smallest image"),
+    ("small.npy", lambda p: np.save(p, smooth_images(1, 6)[0]), "smallest image side (6, small.npy)"),
 ]
 
 

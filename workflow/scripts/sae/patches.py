@@ -37,10 +37,14 @@ def shapes_of(images) -> np.ndarray:
     return np.array(shapes, dtype=np.int64).reshape(-1, 2)
 
 
-def check_side(shapes: np.ndarray, side: int) -> None:
-    smallest = int(shapes.min())
+def check_side(images, shapes: np.ndarray, side: int) -> None:
+    """One line naming the smallest image (by its name, when ``images`` knows the names)."""
+    k = int(shapes.min(axis=1).argmin())
+    smallest = int(shapes[k].min())
     if side > smallest:
-        raise SaeError(f"patches.side = {side} is larger than the smallest image side ({smallest})")
+        names = getattr(images, "names", None)
+        which = names[k] if names is not None else f"image {k}"
+        raise SaeError(f"patches.side = {side} is larger than the smallest image side ({smallest}, {which})")
 
 
 def block_draws(shapes, side: int, seed: int, block: int):
@@ -93,7 +97,7 @@ def sigma(images, count: int, side: int, seed: int) -> float:
     summed per sampling block (whatever the pieces) and added exactly.
     """
     shapes = shapes_of(images)
-    check_side(shapes, side)
+    check_side(images, shapes, side)
     squares, buffer = [], np.empty((min(count, PIECE), side * side))
     for a in range(0, count, PIECE):
         x = centered(images, side, seed, a, min(count, a + PIECE), shapes, buffer)
@@ -121,7 +125,7 @@ def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = 
     Each array is one reused buffer, valid until the next is yielded.
     """
     shapes = shapes_of(images)
-    check_side(shapes, side)
+    check_side(images, shapes, side)
     buffer = np.empty((min(count, piece), side * side))
     rows = np.empty((min(count, piece), side * side), dtype=np.float32)
     for a in range(0, count, piece):

@@ -53,11 +53,9 @@ def source_files(source) -> list[str]:
         for match in matches:
             if os.path.isdir(match):
                 found = sorted(
-                    os.path.join(match, name)
-                    for name in os.listdir(match)
-                    if not name.startswith(".")
-                    and name.lower().endswith(SUFFIXES)
-                    and os.path.isfile(os.path.join(match, name))
+                    e.path
+                    for e in os.scandir(match)
+                    if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(SUFFIXES)
                 )
                 if not found:
                     kinds = ", ".join(SUFFIXES)
@@ -67,13 +65,10 @@ def source_files(source) -> list[str]:
                 files.append(match)
             else:
                 raise SaeError(f"config images.source: no such file {match!r}")
-    seen, unique = set(), []
+    first = {}  # each file under the name it first appears with
     for f in files:
-        key = os.path.realpath(f)
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
+        first.setdefault(os.path.realpath(f), f)
+    return list(first.values())
 
 
 def sha256(path) -> str:

@@ -1,7 +1,9 @@
 """Image loading, checks and whitening."""
 
+import functools
 import re
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -101,6 +103,69 @@ def test_the_images_script_downscales_with_shorter_side(tmp_path):
     run([sys.executable, SCRIPTS / "load_images.py", *options, "--", tmp_path / "i.h5"])
     with h5io.ImagesFile(tmp_path / "i.h5") as back:
         assert back.shapes == [(40, 60)]
+
+
+def test_the_images_script_gives_the_same_file_on_any_number_of_threads(tmp_path):
+    """Photographs of several kinds and a stack, prepared 1 or 3 at a time: same bits, same order."""
+    rng = np.random.default_rng(0)
+    files = []
+    for k, suffix in enumerate([".png", ".jpg", ".tif", ".png", ".jpg"]):
+        rgb = (rng.random((70 + 9 * k, 90, 3)) * 255).astype(np.uint8)
+        files.append(tmp_path / f"photo {k}{suffix}")
+        imsave(files[-1], rgb, check_contrast=False)
+    np.save(tmp_path / "stack.npy", np.stack(smooth_images(3, 64), axis=2))
+    files.insert(2, tmp_path / "stack.npy")
+    (tmp_path / "list").write_bytes(b"".join(bytes(f) + b"\0" for f in files))
+    for threads in ("1", "3"):
+        options = ["--shorter-side", "50", "--threads", threads, "--files-from", tmp_path / "list"]
+        run([sys.executable, SCRIPTS / "load_images.py", *options, "--", tmp_path / f"{threads}.h5"])
+    with h5io.ImagesFile(tmp_path / "1.h5") as one, h5io.ImagesFile(tmp_path / "3.h5") as three:
+        assert len(one.names) == 8 and one.names == three.names and one.digests == three.digests
+        assert one.names[2:5] == [f"{tmp_path / 'stack.npy'}[{k}]" for k in range(3)]
+        for k in range(8):
+            np.testing.assert_array_equal(one[k], three[k])
+
+
+def test_in_order_raises_the_first_error_in_order_and_starts_no_more_than_its_window():
+    started = []
+
+    def job(k):
+        started.append(k)
+        if k == 1:
+            time.sleep(0.2)  # fails after job 2 has failed: still the error raised
+            raise SaeError("job 1")
+        if k == 2:
+            raise SaeError("job 2")
+        return k
+
+    results = images.in_order((functools.partial(job, k) for k in range(100)), workers=2)
+    assert next(results) == 0
+    with pytest.raises(SaeError, match="job 1"):
+        next(results)
+    assert len(started) <= 2 * 2 + 2  # the window, not all 100
+    assert list(images.in_order((functools.partial(job, k) for k in (0, 3, 4)), workers=1)) == [0, 3, 4]
+
+
+def test_colour_goes_to_gray_in_bands_with_the_same_bits_as_whole():
+    from skimage.color import rgb2gray
+    from skimage.util import img_as_float64
+
+    rng = np.random.default_rng(0)
+    for pixels in (
+        rng.integers(0, 256, (images.GRAY_ROWS * 2 + 37, 21, 3), dtype=np.uint8),
+        rng.integers(0, 65536, (images.GRAY_ROWS + 1, 5, 4), dtype=np.uint16),
+        rng.random((images.GRAY_ROWS + 3, 4, 3)),
+    ):
+        gray = images.to_gray(pixels)
+        np.testing.assert_array_equal(gray, rgb2gray(img_as_float64(pixels[..., :3])))
+
+
+def test_whitening_is_olshausen_and_fields_filter_bit_for_bit():
+    """The in-place whitening against its formula written in one line."""
+    img = np.random.default_rng(0).random((90, 71))
+    f = np.hypot(np.fft.rfftfreq(71)[None, :], np.fft.fftfreq(90)[:, None])
+    out = np.fft.irfft2(np.fft.rfft2(img) * (f * np.exp(-((f / images.F0) ** 4))), s=img.shape)
+    np.testing.assert_array_equal(images.whiten_image(img), out * np.sqrt(images.VARIANCE / out.var()))
 
 
 def test_source_files_expand_globs_and_folders_each_file_once(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ rule images:
         "results/logs/images.log",
     conda:
         "../envs/sae.yaml"
+    threads: 8  # images prepared side by side, one photograph each in memory (README)
     params:
         source=config["images"]["source"],
         whiten="" if config["images"]["whiten"] else "--no-whiten",
@@ -14,6 +15,6 @@ rule images:
     shell:
         logged(
             f"python {script('load_images.py')}"
-            " {params.whiten:q} --shorter-side {params.shorter_side:q}"
+            " {params.whiten:q} --shorter-side {params.shorter_side:q} --threads {threads}"
             " --files-from <(printf '%s\\0' {input:q}) -- {output:q}"
         )

@@ -1,5 +1,8 @@
-"""Rule images: load, check and whiten the source images into images.h5, one at a time."""
+"""Rule images: load, check and whiten the source images into images.h5, --threads at a time."""
 
+import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before numpy loads)
+
+# isort: split
 import argparse
 
 from sae import cli, h5io, images
@@ -17,6 +20,9 @@ def body():
         "--shorter-side", type=int, default=0, metavar="PIXELS",
         help="downscale larger images to this shorter side; 0 (default): full resolution",
     )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="images prepared side by side (default 1)"
+    )
     args = parser.parse_args()
     source = (cli.nul_separated(args.files_from) if args.files_from else []) or "sample"
 
@@ -25,9 +31,10 @@ def body():
             print(f"{name}: {img.shape[0]} x {img.shape[1]}")
             yield img, name, digest
 
+    print(f"threads: {args.threads} (images prepared side by side, written in the order listed)")
     if args.shorter_side:
         print(f"downscaling images whose shorter side is over {args.shorter_side} pixels to that size")
-    loaded = images.load(source, args.whiten, args.shorter_side or None)
+    loaded = images.load(source, args.whiten, args.shorter_side or None, workers=args.threads)
     count = h5io.write_images(args.out, logged(loaded), args.whiten, images.VARIANCE)
     peak = cli.peak_rss_mb()
     print(f"wrote {count} images to {args.out} (whitened: {args.whiten}); peak RSS {peak:.0f} MB")

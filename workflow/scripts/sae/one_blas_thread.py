@@ -1,4 +1,4 @@
-"""One BLAS thread per process: import before numpy in MPI entry scripts (the ranks are the parallelism)."""
+"""One BLAS thread per process: import before numpy in entry scripts whose ranks or threads are parallel."""
 
 import os
 

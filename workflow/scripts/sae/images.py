@@ -328,8 +328,9 @@ def load(source, whiten: bool, shorter_side: int | None = None, workers: int = 1
 
 def in_order(jobs, workers: int):
     """The result of each callable of ``jobs``, in order; ``workers`` threads call them
-    side by side, at most 2 x workers ahead of the one yielded. The first error (in
-    order) is raised, and the jobs not started are dropped.
+    side by side, at most 2 x workers ahead of the one yielded. A job's error is raised
+    when its turn comes, whichever job failed first (an error of the iterable ``jobs``
+    itself at once), and the jobs not started are dropped.
     """
     if workers <= 1:
         yield from (job() for job in jobs)

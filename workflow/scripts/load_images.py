@@ -4,6 +4,7 @@ import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before nu
 
 # isort: split
 import argparse
+import os
 
 from sae import cli, h5io, images
 
@@ -21,8 +22,9 @@ def body():
         help="downscale larger images to this shorter side; 0 (default): full resolution",
     )  # fmt: skip
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="images prepared side by side (default 1)"
-    )
+        "--threads", type=int, default=1, metavar="N",
+        help="images prepared side by side (default 1; at most the CPU count)",
+    )  # fmt: skip
     args = parser.parse_args()
     source = (cli.nul_separated(args.files_from) if args.files_from else []) or "sample"
 
@@ -31,10 +33,14 @@ def body():
             print(f"{name}: {img.shape[0]} x {img.shape[1]}")
             yield img, name, digest
 
-    print(f"threads: {args.threads} (images prepared side by side, written in the order listed)")
+    threads = min(args.threads, os.cpu_count() or 1)  # more would only hold more images in memory
+    capped = (
+        f" ({args.threads} granted, capped at this machine's CPU count)" if threads < args.threads else ""
+    )
+    print(f"threads: {threads}{capped}; images prepared side by side, written in the order listed")
     if args.shorter_side:
         print(f"downscaling images whose shorter side is over {args.shorter_side} pixels to that size")
-    loaded = images.load(source, args.whiten, args.shorter_side or None, workers=args.threads)
+    loaded = images.load(source, args.whiten, args.shorter_side or None, workers=threads)
     count = h5io.write_images(args.out, logged(loaded), args.whiten, images.VARIANCE)
     peak = cli.peak_rss_mb()
     print(f"wrote {count} images to {args.out} (whitened: {args.whiten}); peak RSS {peak:.0f} MB")

@@ -29,9 +29,11 @@ def body():
     source = (cli.nul_separated(args.files_from) if args.files_from else []) or "sample"
 
     def logged(loaded):
-        for img, name, digest in loaded:
-            print(f"{name}: {img.shape[0]} x {img.shape[1]}")
+        for k, (img, name, digest) in enumerate(loaded, start=1):
+            print(f"image {k}: {name}: {img.shape[0]} x {img.shape[1]}")
             yield img, name, digest
+
+    print("source: the ten sample photographs" if source == "sample" else f"source: {len(source)} files")
 
     threads = min(args.threads, os.cpu_count() or 1)  # more would only hold more images in memory
     capped = (

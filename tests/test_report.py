@@ -181,6 +181,17 @@ def test_report_holds_both_figures_and_no_sweep_before_the_sweep(reported):
     assert "Adding filters.png" in proc.stderr and "Adding training.png" in proc.stderr
     assert "speedup.png" not in proc.stderr
     assert (folder / "results" / "report.html").stat().st_size > 100_000
+    assert "System Message" not in (folder / "results" / "report.html").read_text()  # docutils' errors
+
+
+def test_a_report_of_one_figure_links_only_to_what_it_holds(reported):
+    """`snakemake results/filters.png --report`: no link to the training curve it does not hold."""
+    folder, _ = reported
+    config = ["--configfile", REPO / "tests" / "configs" / "small.yaml"]
+    report = folder / "results" / "filters_only.html"
+    proc = snakemake(folder, "-s", REPO / "Snakefile", "results/filters.png", *config, "--report", report)
+    assert "Adding filters.png" in proc.stderr and "Adding training.png" not in proc.stderr
+    assert "ERROR" not in proc.stderr and "System Message" not in report.read_text()
 
 
 class VisibleText(html.parser.HTMLParser):

@@ -109,6 +109,24 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_for_bit_the_unin
     assert not (tmp_path / "ckpt.h5").exists()  # removed once the model is written
 
 
+def test_ctrl_c_stops_every_rank_at_once_with_a_checkpoint_and_the_resumed_run_is_bit_for_bit(
+    tmp_path, patches_40k, uninterrupted
+):
+    """Ctrl-C in a terminal sends SIGINT to mpiexec (in the foreground), which passes it to every
+    rank. Before, each rank raised KeyboardInterrupt wherever it was, and a rank left waiting in a
+    collective for a dead one hung until the MPI timeout (300 s)."""
+    proc = start_training(tmp_path, patches_40k)
+    wait_for_iteration(tmp_path, 20)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    log = (tmp_path / "train.log").read_text()
+    stopped = re.search(r"error: stopped by SIGINT after iteration (\d+) \(evaluation \d+\); checkpoint", log)
+    assert stopped and "Traceback" not in log, log
+    log, model = resume(tmp_path, patches_40k)
+    assert f"resumed from iteration {stopped.group(1)}" in log
+    assert_same_bits(model, uninterrupted)
+
+
 def test_stopped_twice_the_model_lists_both_resumes_and_is_bit_for_bit_the_uninterrupted_one(
     tmp_path, patches_40k, uninterrupted
 ):

@@ -33,7 +33,7 @@ OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults);
 
 
 class Interrupted(SaeError):
-    """SIGTERM arrived; a checkpoint was written at the end of the evaluation under way."""
+    """SIGTERM or SIGINT arrived; a checkpoint was written at the end of the evaluation under way."""
 
 
 @dataclass
@@ -193,19 +193,27 @@ def resume_point(job: Job, run_fingerprint: dict):
     return state, history, resumes
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Slurm's time limit; Ctrl-C (mpiexec passes it to every rank)
+
+
 @contextlib.contextmanager
-def sigterm_flag():
-    """While active, SIGTERM sets the flag instead of ending the process (every rank)."""
-    flag = {"set": False}
+def stop_flag():
+    """While active, a stop signal sets the flag to its name instead of ending the process (every rank).
+
+    Rank 0 then stops at the end of the evaluation under way and the others when it
+    releases them, so no rank is left waiting in a collective for one that is gone.
+    """
+    flag = {"set": None}
 
     def handler(signum, frame):
-        flag["set"] = True
+        flag["set"] = signal.Signals(signum).name
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 @dataclass
@@ -222,20 +230,20 @@ def run(comm, hp: dict, job: Job) -> None:
     """Train on all ranks of ``comm``; rank 0 writes job.model.
 
     Raises SaeError on every rank alike for a bad patches file, before any
-    training; Interrupted on rank 0 after SIGTERM, once the checkpoint is written.
+    training; Interrupted on rank 0 after SIGTERM or SIGINT, once the checkpoint is written.
     """
     wall_start = time.perf_counter()
     blocks, n_total = load(comm, hp, job)
     load_seconds = time.perf_counter() - wall_start
     objective = set_up_objective(comm, blocks, n_total, hp, job)
     interrupted = training = None
-    with sigterm_flag() as sigterm:
+    with stop_flag() as stop:
         comm.Barrier()
         loop_start = time.perf_counter()
         if comm.rank == 0:
             try:
                 training = start_or_resume(hp, job, n_total)
-                optimize(objective, training, hp["iterations"], job, sigterm)
+                optimize(objective, training, hp["iterations"], job, stop)
             except Interrupted as err:
                 interrupted = err
             finally:
@@ -325,10 +333,10 @@ class ProgressLines:
         self.lines, self.logged = [], time.monotonic()
 
 
-def optimize(objective, training: Training, iterations: int, job: Job, sigterm: dict) -> None:
+def optimize(objective, training: Training, iterations: int, job: Job, stop: dict) -> None:
     """Rank 0: L-BFGS until ``iterations`` in all, a checkpoint every job.checkpoint_every.
 
-    After SIGTERM, writes a checkpoint at the end of the evaluation under way
+    After SIGTERM or SIGINT (``stop``), writes a checkpoint at the end of the evaluation under way
     (mid-line-search, too) and raises Interrupted.
     """
     opt, history = training.optimizer, training.history
@@ -347,10 +355,10 @@ def optimize(objective, training: Training, iterations: int, job: Job, sigterm: 
                 )
                 if len(history) % job.checkpoint_every == 0 and len(history) < iterations:
                     save_checkpoint(training, job)
-            if sigterm["set"]:
+            if stop["set"]:
                 saved = save_checkpoint(training, job)
                 raise Interrupted(
-                    f"stopped by SIGTERM after iteration {len(history)} (evaluation {opt.evaluations})"
+                    f"stopped by {stop['set']} after iteration {len(history)} (evaluation {opt.evaluations})"
                     + (f"; checkpoint {job.checkpoint} written: run again to resume" if saved else "")
                 )
     finally:

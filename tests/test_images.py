@@ -3,6 +3,8 @@
 import functools
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import scipy.io
 from skimage.io import imsave
 
-from conftest import SCRIPTS, run, smooth_images
+from conftest import SCRIPTS, env, run, smooth_images
 from sae import SaeError, h5io, images, patches
 
 
@@ -128,6 +130,30 @@ def test_the_images_script_gives_the_same_file_on_any_number_of_threads(tmp_path
         assert one.names[2:5] == [f"{tmp_path / 'stack.npy'}[{k}]" for k in range(3)]
         for k in range(8):
             np.testing.assert_array_equal(one[k], many[k])
+
+
+def test_ctrl_c_in_the_images_stage_is_one_line_and_leaves_no_file(tmp_path):
+    """SIGINT while threads prepare photographs: status 130, one error line, no images.h5 and no
+    temporary file beside it."""
+    ramp = np.add.outer(np.arange(2500), np.arange(2500)) % 256
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(8):
+        imsave(photos / f"{k}.png", ((ramp + 7 * k) % 256).astype(np.uint8), check_contrast=False)
+    (tmp_path / "list").write_bytes(b"".join(bytes(p) + b"\0" for p in sorted(photos.iterdir())))
+    out = tmp_path / "out" / "images.h5"
+    cmd = [sys.executable, SCRIPTS / "load_images.py", "--threads", 2, "--files-from", tmp_path / "list",
+           "--", out]  # fmt: skip
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not (out.parent.exists() and any(out.parent.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the temporary file is there: images are being prepared
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted (Ctrl-C)", stderr
+    assert "Traceback" not in stderr and not list(out.parent.iterdir())
 
 
 def test_in_order_raises_the_first_error_in_order_and_starts_no_more_than_its_window():

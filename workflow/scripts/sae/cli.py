@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import signal
 import sys
 import time
 
@@ -79,7 +80,8 @@ def flush_logs() -> None:
 
 
 def main(body, quiet: bool = False) -> None:
-    """Run ``body()``; a SaeError becomes one line on stderr and exit status 1.
+    """Run ``body()``; a SaeError becomes one line on stderr and exit status 1, Ctrl-C one line
+    and status 130.
 
     quiet: log warnings only (MPI ranks other than 0).
     """
@@ -92,5 +94,9 @@ def main(body, quiet: bool = False) -> None:
         flush_logs()
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: the user's own stop, not a traceback (nothing half-written is left)
+        flush_logs()
+        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     finally:
         flush_logs()  # before a traceback, too

@@ -52,3 +52,10 @@ def test_mpi_entry_scripts_pin_one_blas_thread_before_numpy_loads(tmp_path):
     )
     out = run([sys.executable, "-c", probe], cwd=REPO / "workflow" / "scripts").stdout
     assert float(out) < 1.3  # CPU time per wall time: one thread busy, not two
+
+
+def test_ctrl_c_on_one_rank_outside_the_loop_ends_every_rank_with_one_line(tmp_path):
+    """A rank interrupted while another waits for it in a collective: MPI_Abort ends both at once,
+    with the error line (before: the waiting rank hung until the MPI timeout, 300 s)."""
+    proc = mpirun(2, REPO / "tests" / "mpi_interrupted.py", check=False, timeout=120)
+    assert proc.returncode != 0 and "error: interrupted (Ctrl-C)" in proc.stderr, proc.stderr

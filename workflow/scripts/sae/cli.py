@@ -79,6 +79,9 @@ def flush_logs() -> None:
         handler.flush()
 
 
+INTERRUPTED = "interrupted (Ctrl-C)"  # the error line's text after SIGINT
+
+
 def main(body, quiet: bool = False) -> None:
     """Run ``body()``; a SaeError becomes one line on stderr and exit status 1, Ctrl-C one line
     and status 130.
@@ -96,7 +99,7 @@ def main(body, quiet: bool = False) -> None:
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C: the user's own stop, not a traceback (nothing half-written is left)
         flush_logs()
-        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGINT)
     finally:
         flush_logs()  # before a traceback, too

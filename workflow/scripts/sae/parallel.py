@@ -25,7 +25,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import SaeError
-from .cli import flush_logs
+from .cli import INTERRUPTED, flush_logs
 from .objective import BlockKernel, finish, n_params
 
 EVALUATE, STOP = 1.0, 0.0
@@ -202,9 +202,10 @@ def abort_on_failure(comm):
     """Let an error end only this rank when all ranks leave alike, else abort them all.
 
     An error marked ``collective`` (see ``agree``; or raised after the last
-    collective) and SystemExit pass through; any other failure on one rank
-    must not leave the others waiting in a collective, so it is reported
-    here and ends the job with MPI_Abort.
+    collective) and SystemExit pass through; any other failure on one rank,
+    Ctrl-C outside the training loop included (a rank blocked in a collective
+    would not see its own), must not leave the others waiting in a collective,
+    so it is reported here and ends the job with MPI_Abort.
 
     Unlike ``python -m mpi4py script.py``, which calls MPI_Abort for every
     unhandled exception, SystemExit with a nonzero status included: errors all
@@ -217,12 +218,14 @@ def abort_on_failure(comm):
         yield
     except SystemExit:
         raise
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         if comm.size == 1 or getattr(err, "collective", False):
             raise
         flush_logs()
         if isinstance(err, SaeError):
             print(f"error: {err}", file=sys.stderr, flush=True)
+        elif isinstance(err, KeyboardInterrupt):
+            print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
         else:
             traceback.print_exc()
         sys.stderr.flush()

@@ -108,4 +108,6 @@ def test_patch_stage_peak_memory_does_not_grow_with_the_count(tmp_path):
         peaks.append(float(re.search(r"peak RSS (\d+) MB", proc.stdout).group(1)))
         with h5py.File(out) as f:
             assert f["patches"].shape == (count, 64)
+        for stage in ("pass 1, sigma", "pass 2, written"):  # progress, and the last line at the end
+            assert f"{stage}: {count:,} of {count:,} patches" in proc.stderr, proc.stderr
     assert abs(peaks[1] - peaks[0]) < 8, peaks

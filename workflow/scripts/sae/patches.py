@@ -90,11 +90,12 @@ def centered(images, side, seed, start, stop, shapes=None, out=None) -> np.ndarr
     return x
 
 
-def sigma(images, count: int, side: int, seed: int) -> float:
+def sigma(images, count: int, side: int, seed: int, progress=None) -> float:
     """Standard deviation of all values of the centered sample (first pass, a piece at a time).
 
     The values' mean is zero (every patch is centered), so sigma^2 is the mean square,
-    summed per sampling block (whatever the pieces) and added exactly.
+    summed per sampling block (whatever the pieces) and added exactly. ``progress``,
+    if given, is called with the number of patches done after each piece.
     """
     shapes = shapes_of(images)
     check_side(images, shapes, side)
@@ -104,6 +105,8 @@ def sigma(images, count: int, side: int, seed: int) -> float:
         for b in range(0, len(x), BLOCK):  # PIECE is whole blocks
             block = x[b : b + BLOCK]
             squares.append(float(np.multiply(block, block, out=block).sum()))
+        if progress is not None:
+            progress(a + len(x))
     value = math.sqrt(math.fsum(squares) / (count * side * side))
     if value == 0:
         raise SaeError("all sampled patches are constant: nothing to learn")

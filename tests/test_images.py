@@ -144,9 +144,12 @@ def test_ctrl_c_in_the_images_stage_is_one_line_and_leaves_no_file(tmp_path):
     out = tmp_path / "out" / "images.h5"
     cmd = [sys.executable, SCRIPTS / "load_images.py", "--threads", 2, "--files-from", tmp_path / "list",
            "--", out]  # fmt: skip
+    # SIGINT's default action in the script, as a terminal's job has it, even when these tests run
+    # in the background, where the shell started them with SIGINT ignored
     proc = subprocess.Popen(
-        [str(c) for c in cmd], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [str(c) for c in cmd], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 60
     while not (out.parent.exists() and any(out.parent.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.01)  # until the temporary file is there: images are being prepared

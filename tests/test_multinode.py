@@ -188,7 +188,7 @@ def test_a_lost_node_ends_the_job_and_the_retry_resumes_on_the_other(cluster, tm
 
     Runs last: node2 stays lost (the module's cluster is stopped afterwards).
     """
-    config = {"patches": {"count": 2000}, "train": {"iterations": 300, "checkpoint_every": 5}}
+    config = {"patches": {"count": 2000}, "train": {"iterations": 1000, "checkpoint_every": 5}}
     folder = workflow_folder(tmp_path_factory, "lostnode", config, "results/patches.h5")
     # --spread-job: the 4 ranks span both nodes while both are up, and fit on one after
     profiles = spread_profile(folder, {"train": {"slurm_extra": "'--spread-job'"}})
@@ -204,14 +204,17 @@ def test_a_lost_node_ends_the_job_and_the_retry_resumes_on_the_other(cluster, tm
         while not (checkpoint.exists() and log.exists() and "node2" in log.read_text()):
             assert snakemake.poll() is None, (folder / "snakemake.out").read_text()
             assert time.monotonic() < deadline, "no checkpoint of a training on both nodes within 300 s"
-            time.sleep(0.2)
-        (jobid,) = [int(p.stem) for p in (folder / ".snakemake/slurm_logs/rule_train").glob("*.log")]
-        assert slurm_job_state(jobid) == "RUNNING"
-        # node2 is lost: its link goes down, then everything in it dies (slurmd, step, ranks)
+            time.sleep(0.05)
+        # node2 is lost at once (the training takes seconds; a slow squeue first let it finish,
+        # and the model it wrote was then removed with the cancelled job): its link goes down,
+        # then everything in it dies (slurmd, step, ranks)
         subprocess.run(["ip", "link", "set", slurm_cluster.veth(2), "down"], check=True)
         for pid in slurm_cluster.node_processes(2):
             os.kill(pid, signal.SIGKILL)
         lost = time.monotonic()
+        (jobid,) = [int(p.stem) for p in (folder / ".snakemake/slurm_logs/rule_train").glob("*.log")]
+        assert slurm_job_state(jobid) == "RUNNING"  # Slurm notices the loss seconds later
+        assert "wrote results/model.h5" not in log.read_text()  # lost mid-training
         while slurm_job_state(jobid) in ("RUNNING", "COMPLETING"):
             assert time.monotonic() - lost < 60, (
                 f"job {jobid} still {slurm_job_state(jobid)} 60 s after the loss"

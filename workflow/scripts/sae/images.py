@@ -298,9 +298,9 @@ def load(source, whiten: bool, shorter_side: int | None = None, workers: int = 1
     """(image, name, sha256) from ``source`` ("sample" or a list of files), in order, each
     checked, downscaled to ``shorter_side`` (see ``downscale``) and, if ``whiten``, whitened.
 
-    ``workers`` threads prepare images side by side (decoding, resizing and the FFTs
-    release the GIL): a file of one image is read in its worker, the samples and the
-    layers of a stack here, as they come. An image is the same bits for any number of
+    ``workers`` threads prepare images side by side (most of the work runs in C, outside
+    the GIL): a file of one image is read in its worker, the samples and the layers of a
+    stack here, as they come. An image is the same bits for any number of
     workers, and at most 2 x workers images are in memory at once.
     """
 

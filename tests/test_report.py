@@ -192,6 +192,8 @@ def test_a_report_of_one_figure_links_only_to_what_it_holds(reported):
     proc = snakemake(folder, "-s", REPO / "Snakefile", "results/filters.png", *config, "--report", report)
     assert "Adding filters.png" in proc.stderr and "Adding training.png" not in proc.stderr
     assert "ERROR" not in proc.stderr and "System Message" not in report.read_text()
+    cost = labels.filters(folder / "results" / "model.h5")["cost"]
+    assert f"This run's model: final cost {cost}" in report.read_text()  # from the filters' labels
 
 
 class VisibleText(html.parser.HTMLParser):

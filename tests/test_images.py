@@ -123,7 +123,7 @@ def test_the_images_script_gives_the_same_file_on_any_number_of_threads(tmp_path
     for threads in (1, cpus + 1):  # more than the CPUs: capped at them
         options = ["--shorter-side", 50, "--threads", threads, "--files-from", tmp_path / "list"]
         out = tmp_path / f"{threads}.h5"
-        log = run([sys.executable, SCRIPTS / "load_images.py", *options, "--", out]).stdout
+        log = run([sys.executable, SCRIPTS / "load_images.py", *options, "--", out]).stderr
     assert f"threads: {cpus} ({cpus + 1} granted, capped at this machine's CPU count)" in log
     with h5io.ImagesFile(tmp_path / "1.h5") as one, h5io.ImagesFile(tmp_path / f"{cpus + 1}.h5") as many:
         assert len(one.names) == 8 and one.names == many.names and one.digests == many.digests

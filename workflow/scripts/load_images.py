@@ -4,9 +4,12 @@ import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before nu
 
 # isort: split
 import argparse
+import logging
 import os
 
 from sae import cli, h5io, images
+
+log = logging.getLogger("sae.images")  # progress, time-stamped (the last line, on stdout, is parsed)
 
 
 def body():
@@ -30,18 +33,18 @@ def body():
 
     def logged(loaded):
         for k, (img, name, digest) in enumerate(loaded, start=1):
-            print(f"image {k}: {name}: {img.shape[0]} x {img.shape[1]}")
+            log.info("image %d: %s: %d x %d", k, name, *img.shape)
             yield img, name, digest
 
-    print("source: the ten sample photographs" if source == "sample" else f"source: {len(source)} files")
+    log.info("source: %s", "the ten sample photographs" if source == "sample" else f"{len(source)} files")
 
     threads = min(args.threads, os.cpu_count() or 1)  # more would only hold more images in memory
     capped = (
         f" ({args.threads} granted, capped at this machine's CPU count)" if threads < args.threads else ""
     )
-    print(f"threads: {threads}{capped}; images prepared side by side, written in the order listed")
+    log.info("threads: %d%s; images prepared side by side, written in the order listed", threads, capped)
     if args.shorter_side:
-        print(f"downscaling images whose shorter side is over {args.shorter_side} pixels to that size")
+        log.info("downscaling images whose shorter side is over %d pixels to that size", args.shorter_side)
     loaded = images.load(source, args.whiten, args.shorter_side or None, workers=threads)
     count = h5io.write_images(args.out, logged(loaded), args.whiten, images.VARIANCE)
     peak = cli.peak_rss_mb()

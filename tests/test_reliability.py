@@ -372,7 +372,7 @@ def test_a_full_disk_while_writing_images_keeps_the_earlier_file(tmp_path):
         proc = run([*load, tmp_path / "all"], check=False)  # 8 x 32 kB: does not fit beside the first
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {out}: No space left")
-        assert "0.npy: 64 x 64" in proc.stdout  # it failed on the way, not up front
+        assert f"image 1: {files[0]}: 64 x 64" in proc.stderr  # it failed on the way, not up front
         assert out.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["images.h5"]
 
 

@@ -79,12 +79,20 @@ def flush_logs() -> None:
         handler.flush()
 
 
-INTERRUPTED = "interrupted (Ctrl-C)"  # the error line's text after SIGINT
+def error_line(err: BaseException) -> bool:
+    """Write the pending log lines, then ``error: ...`` for a SaeError or Ctrl-C; False for
+    any other error (the caller's to report, with its traceback)."""
+    if not isinstance(err, SaeError | KeyboardInterrupt):
+        return False
+    flush_logs()
+    text = err if isinstance(err, SaeError) else "interrupted (Ctrl-C)"  # the user's own stop
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    return True
 
 
 def main(body, quiet: bool = False) -> None:
     """Run ``body()``; a SaeError becomes one line on stderr and exit status 1, Ctrl-C one line
-    and status 130.
+    and status 130 (nothing half-written is left either way).
 
     quiet: log warnings only (MPI ranks other than 0).
     """
@@ -93,13 +101,8 @@ def main(body, quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler])
     try:
         body()
-    except SaeError as err:
-        flush_logs()
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    except KeyboardInterrupt:  # Ctrl-C: the user's own stop, not a traceback (nothing half-written is left)
-        flush_logs()
-        print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
-        sys.exit(128 + signal.SIGINT)
+    except (SaeError, KeyboardInterrupt) as err:
+        error_line(err)
+        sys.exit(1 if isinstance(err, SaeError) else 128 + signal.SIGINT)
     finally:
         flush_logs()  # before a traceback, too

@@ -25,7 +25,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import SaeError
-from .cli import INTERRUPTED, flush_logs
+from .cli import error_line, flush_logs
 from .objective import BlockKernel, finish, n_params
 
 EVALUATE, STOP = 1.0, 0.0
@@ -221,12 +221,8 @@ def abort_on_failure(comm):
     except (Exception, KeyboardInterrupt) as err:
         if comm.size == 1 or getattr(err, "collective", False):
             raise
-        flush_logs()
-        if isinstance(err, SaeError):
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        elif isinstance(err, KeyboardInterrupt):
-            print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
-        else:
+        if not error_line(err):
+            flush_logs()
             traceback.print_exc()
         sys.stderr.flush()
         comm.Abort(1)

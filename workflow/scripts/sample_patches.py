@@ -32,13 +32,6 @@ def body():
 
         return done
 
-    def counted(pieces, done):
-        k = 0
-        for x in pieces:
-            yield x
-            k += len(x)
-            done(k)
-
     with h5io.ImagesFile(args.images) as imgs:
         sigma = patches.sigma(imgs, args.count, args.side, args.seed, progress("pass 1, sigma"))
         attrs = {
@@ -49,9 +42,8 @@ def body():
             "sources": imgs.names,
             "sha256": imgs.digests,
         }
-        pieces = counted(
-            patches.pieces(imgs, args.count, args.side, args.seed, sigma), progress("pass 2, written")
-        )
+        written = progress("pass 2, written")
+        pieces = patches.pieces(imgs, args.count, args.side, args.seed, sigma, progress=written)
         h5io.write_patches(args.out, args.count, args.side**2, pieces, attrs)
     print(
         f"wrote {args.count} patches of {args.side}x{args.side} to {args.out} (sigma {sigma:.4g});"

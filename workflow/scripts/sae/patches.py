@@ -122,10 +122,11 @@ def normalize(x: np.ndarray, sigma: float) -> np.ndarray:
     return x
 
 
-def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = PIECE):
+def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = PIECE, progress=None):
     """The normalized sample as float32 arrays of ``piece`` rows (the last may be shorter).
 
-    Each array is one reused buffer, valid until the next is yielded.
+    Each array is one reused buffer, valid until the next is yielded. ``progress``, if
+    given, is called with the number of patches done once each piece has been taken.
     """
     shapes = shapes_of(images)
     check_side(images, shapes, side)
@@ -136,6 +137,8 @@ def pieces(images, count: int, side: int, seed: int, sigma: float, piece: int = 
         out = rows[: len(x)]
         np.copyto(out, normalize(x, sigma))
         yield out
+        if progress is not None:
+            progress(a + len(x))
 
 
 def sample(images, count: int, side: int, seed: int):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import smooth_images
-from sae import objective, patches
+from sae import gradient, objective, patches
 
 RHO, LAM, BETA = 0.01, 1e-4, 3.0
 
@@ -38,9 +38,9 @@ def test_gradient_matches_central_differences():
     theta = random_theta(v, h)
 
     def cost(t):
-        return objective.evaluate(t, x, h, RHO, LAM, BETA, block_size=64)[0]
+        return gradient.evaluate(t, x, h, RHO, LAM, BETA, block_size=64)[0]
 
-    _, grad = objective.evaluate(theta, x, h, RHO, LAM, BETA, block_size=64)
+    _, grad = gradient.evaluate(theta, x, h, RHO, LAM, BETA, block_size=64)
     eps = 1e-5
     numeric = np.empty_like(theta)
     for i in range(len(theta)):
@@ -55,7 +55,7 @@ def test_gradient_matches_central_differences():
 def test_blocked_sums_equal_ngs_vectorized_equations(block_size):
     x = data(1001)
     theta = random_theta(64, 25)
-    cost, grad = objective.evaluate(theta, x, 25, RHO, LAM, BETA, block_size)
+    cost, grad = gradient.evaluate(theta, x, 25, RHO, LAM, BETA, block_size)
     ref_cost, ref_grad = objective.reference(theta, x, 25, RHO, LAM, BETA)
     assert cost == pytest.approx(ref_cost, rel=1e-12)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12 * np.abs(ref_grad).max())
@@ -65,8 +65,8 @@ def test_float32_compute_stays_close_to_float64():
     """float32 products, float64 sums: cost within 1e-6 and gradient within 1e-4, relative."""
     x = data(3000)
     theta = random_theta(64, 25)
-    cost64, grad64 = objective.evaluate(theta, x, 25, RHO, LAM, BETA, 128, np.float64)
-    cost32, grad32 = objective.evaluate(theta, x, 25, RHO, LAM, BETA, 128, np.float32)
+    cost64, grad64 = gradient.evaluate(theta, x, 25, RHO, LAM, BETA, 128, np.float64)
+    cost32, grad32 = gradient.evaluate(theta, x, 25, RHO, LAM, BETA, 128, np.float32)
     assert cost32 == pytest.approx(cost64, rel=1e-6)
     assert np.linalg.norm(grad32 - grad64) < 1e-4 * np.linalg.norm(grad64)
 
@@ -99,6 +99,6 @@ def test_sparsity_pushes_mean_activation_toward_rho():
     x = data(500)
     v, h = 64, 25
     theta = np.zeros(objective.n_params(v, h))  # all a2 = 0.5 > rho
-    _, grad = objective.evaluate(theta, x, h, RHO, 0.0, BETA, 128)
+    _, grad = gradient.evaluate(theta, x, h, RHO, 0.0, BETA, 128)
     _, _, gb1, _ = objective.unpack(grad, v, h)
     assert np.all(gb1 > 0)  # descent lowers the hidden biases, so activations fall toward rho

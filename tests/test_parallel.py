@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, mpirun, run
-from sae import objective, parallel
+from sae import gradient, objective, parallel
 
 
 @pytest.mark.parametrize(("n", "block", "size"), [(1001, 128, 3), (1000, 100, 4), (10, 4, 5), (5, 8, 2)])
@@ -29,9 +29,10 @@ def test_reduced_cost_and_gradient_equal_the_single_process_ones(tmp_path, patch
     with h5py.File(patches_1001) as f:
         x = f["patches"][()]
     theta = objective.initial_theta(64, 25, np.random.default_rng(5))
-    cost, grad = objective.evaluate(theta, x, 25, 0.01, 1e-4, 3.0, 128)
+    cost, grad = gradient.evaluate(theta, x, 25, 0.01, 1e-4, 3.0, 128)
     assert float(got["cost"]) == cost  # bit for bit, not approximately
     assert np.array_equal(got["grad"], grad)
+    assert np.array_equal(got["gathered"][: len(theta)], theta)  # every rank's slices, gathered
     assert 0 < int(got["rows"]) < 1001 and int(got["evaluations"]) == 1
 
 

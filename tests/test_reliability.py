@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import env, make_patches_file, mpirun, rank_pids, train_args, unavailable
-from sae import SaeError, h5io, labels, objective, train
+from conftest import REPO, env, make_patches_file, mpirun, rank_pids, train_args, unavailable
+from sae import SaeError, h5io, labels
 
 ITERATIONS = 200
 
@@ -95,7 +95,9 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_for_bit_the_unin
     assert proc.wait(timeout=30) != 0
     log = (tmp_path / "train.log").read_text()
     stopped = re.search(
-        r"error: stopped by SIGTERM after iteration (\d+) \(evaluation (\d+)\); checkpoint .* written", log
+        r"error: stopped by SIGTERM \(ranks? [^)]*\) after iteration (\d+) \(evaluation (\d+)\);"
+        r" checkpoint .* written",
+        log,
     )
     assert stopped, log
     assert not (tmp_path / "model.h5").exists() and (tmp_path / "ckpt.h5").exists()
@@ -120,7 +122,7 @@ def test_ctrl_c_stops_every_rank_at_once_with_a_checkpoint_and_the_resumed_run_i
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) != 0
     log = (tmp_path / "train.log").read_text()
-    stopped = re.search(r"error: stopped by SIGINT after iteration (\d+) \(evaluation \d+\); checkpoint", log)
+    stopped = re.search(r"error: stopped by SIGINT \(ranks? [^)]*\) after iteration (\d+) \(evaluation", log)
     assert stopped and "Traceback" not in log, log
     log, model = resume(tmp_path, patches_40k)
     assert f"resumed from iteration {stopped.group(1)}" in log
@@ -172,35 +174,15 @@ def test_a_killed_rank_ends_the_job_quickly_and_the_resumed_run_is_bit_for_bit_t
 
 
 def test_a_checkpoint_written_mid_line_search_resumes_bit_for_bit(tmp_path, patches_40k, uninterrupted):
-    """The optimizer's state between two evaluations of one line search, saved and resumed.
-
-    Made here, in one process, by the same optimizer and the same exact block sums
-    as the ranks use; then resumed by the training script on 2 ranks.
-    """
-    hp = {
-        "hidden": 25,
-        "rho": 0.01,
-        "lambda": 1e-4,
-        "beta": 3.0,
-        "iterations": ITERATIONS,
-        "seed": 0,
-        "block_size": 128,
-        "precision": "float32",
-    }  # fmt: skip  (as train_args)
-    job = train.Job(patches=str(patches_40k), model="unused", side=8, checkpoint=str(tmp_path / "ckpt.h5"))
-    with h5py.File(patches_40k) as f:
-        x = f["patches"][()]
-    training = train.start_or_resume(hp, job, len(x))
-    opt, history = training.optimizer, training.history
-    while not (opt.iterations > 0 and opt.line_evals > 0):  # a second trial of one line search is next
-        assert opt.iterations < ITERATIONS, "no line search took two evaluations"
-        cost, grad = objective.evaluate(opt.point, x, 25, 0.01, 1e-4, 3.0, 128, np.float32)
-        if opt.tell(cost, grad):
-            history.append((opt.f, opt.grad_norm, 0.0))  # as train.optimize records it
-    train.save_checkpoint(training, job)
+    """The optimizer's state between two evaluations of one line search, saved on 3 ranks by the
+    training's own pieces (tests/mpi_mid_search.py), then resumed by the training script on 2."""
+    out = mpirun(3, REPO / "tests" / "mpi_mid_search.py", patches_40k, tmp_path / "ckpt.h5", ITERATIONS)
+    iteration, evaluation = re.fullmatch(r"iteration (\d+) evaluation (\d+)\n", out.stdout).groups()
+    state, history, _, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+    assert state["line_evals"] > 0 and len(history) == int(iteration) > 0
 
     log, model = resume(tmp_path, patches_40k)
-    assert f"resumed from iteration {len(history)}, evaluation {opt.evaluations}" in log
+    assert f"resumed from iteration {iteration}, evaluation {evaluation}" in log
     assert_same_bits(model, uninterrupted)
 
 

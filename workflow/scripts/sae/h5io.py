@@ -10,9 +10,10 @@ patches.h5  dataset ``patches`` (N, side*side) float32, one row per patch, chunk
             error); attributes ``seed``, ``side``, ``count``, ``sigma``,
             ``sources``, ``sha256``.
 checkpoint  group ``optimizer``: the optimizer's whole state, one dataset per
-            array or number (see lbfgs.LBFGS.state); dataset ``history``;
-            attribute ``fingerprint`` (JSON: hyperparameters, data identity,
-            optimizer and numpy versions).
+            array (see lbfgs.LBFGS.state; the vectors whole, whatever the rank
+            count), its numbers in one dataset ``scalars``; datasets ``history``
+            and ``resumes``; attribute ``fingerprint`` (JSON: hyperparameters,
+            data identity, optimizer and numpy versions).
 model.h5    datasets ``W1`` (h, v), ``W2`` (v, h), ``b1`` (h), ``b2`` (v),
             ``history`` (iterations, 3) with columns cost, grad_norm, seconds;
             attributes ``cost``, ``iterations``, ``evaluations``, ``ranks``,
@@ -36,6 +37,8 @@ import os
 import re
 import shutil
 from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -46,12 +49,11 @@ from . import SaeError
 ROWS_PER_CHUNK = 4096
 
 # The model file's timing attributes, the contract between training (which writes them) and
-# the sweep (which reads them). Every rank times the parts of RANK_TIMINGS; the file holds
-# each as max and mean over ranks, e.g. loop_seconds_max, then rank 0's optimizer seconds
-# (its loop outside compute and collectives) and the whole run's wall seconds.
-RANK_TIMINGS = ("load", "loop", "compute", "comm")
+# the sweep (which reads them). Every rank times the parts of RANK_TIMINGS (optimizer: its
+# loop outside compute and collectives); the file holds each as max and mean over ranks,
+# e.g. loop_seconds_max, then the whole run's wall seconds.
+RANK_TIMINGS = ("load", "loop", "compute", "comm", "optimizer")
 OVER_RANKS = ("max", "mean")
-OPTIMIZER_SECONDS = "optimizer_seconds"
 WALL_SECONDS = "wall_seconds"
 
 
@@ -61,7 +63,7 @@ def timing_attr(part: str, over: str) -> str:
 
 
 RANK_TIMING_ATTRS = tuple(timing_attr(part, over) for part in RANK_TIMINGS for over in OVER_RANKS)
-TIMING_ATTRS = (*RANK_TIMING_ATTRS, OPTIMIZER_SECONDS, WALL_SECONDS)
+TIMING_ATTRS = (*RANK_TIMING_ATTRS, WALL_SECONDS)
 
 
 def rank_timing_attrs(per_rank: np.ndarray) -> dict:
@@ -341,21 +343,38 @@ def write_model(path, params: dict, history: np.ndarray, attrs: dict) -> None:
         f.attrs.update(attrs)
 
 
-def write_checkpoint(path, optimizer: dict, history: np.ndarray, resumes, fingerprint: dict) -> None:
-    """The optimizer's state (arrays by name), the history and the iterations the training was
-    resumed after so far; ``fingerprint`` (JSON) names what it fits.
+@dataclass
+class Split:
+    """An array whose last axis is split over the ranks, for a checkpoint: its whole shape, and
+    its rows (the whole last axis each), handed over one at a time (gathered as written)."""
 
-    The state's arrays are datasets of group "optimizer"; its single numbers (0-d
-    arrays) go together into one float64 dataset "scalars", their names into its
-    attribute "names" (integers up to 2**53 are exact). Rank 0 writes a checkpoint
-    while the other ranks wait, and each HDF5 dataset or attribute costs ~0.1 ms.
+    shape: tuple
+    rows: Iterable[np.ndarray]
+
+
+def write_checkpoint(path, optimizer: dict, history: np.ndarray, resumes, fingerprint: dict) -> None:
+    """The optimizer's state (arrays by name; Split ones written row by row), the history and
+    the iterations the training was resumed after so far; ``fingerprint`` (JSON) names what it fits.
+
+    The state's arrays are datasets of group "optimizer"; a Split one's dataset has the
+    attribute ``split`` (read_checkpoint reads a rank's part of it). Its single numbers
+    (0-d arrays) go together into one float64 dataset "scalars", their names into its
+    attribute "names" (integers up to 2**53 are exact): each HDF5 dataset or attribute
+    costs ~0.1 ms.
     """
-    arrays = {name: value for name, value in optimizer.items() if np.ndim(value)}
-    scalars = {name: float(value) for name, value in optimizer.items() if not np.ndim(value)}
+    split = {name: value for name, value in optimizer.items() if isinstance(value, Split)}
+    arrays = {name: value for name, value in optimizer.items() if name not in split and np.ndim(value)}
+    scalars = {name: float(value) for name, value in optimizer.items() if name not in split | arrays}
     resumes = np.asarray(resumes, dtype=np.int64).reshape(-1)
     nbytes = arrays_bytes(arrays) + 8 * len(scalars) + history.nbytes + resumes.nbytes
+    nbytes += sum(8 * int(np.prod(value.shape)) + 128 for value in split.values())
     with new_file(path, nbytes + len(json.dumps([fingerprint, *scalars])) + 512) as f:
         group = f.create_group("optimizer")
+        for name, value in split.items():
+            data = group.create_dataset(name, shape=value.shape, dtype=np.float64)
+            data.attrs["split"] = True
+            for i, row in enumerate(value.rows):
+                data[i if data.ndim > 1 else ...] = row
         for name, value in arrays.items():
             group.create_dataset(name, data=value)
         numbers = group.create_dataset("scalars", data=np.array(list(scalars.values()), dtype=np.float64))
@@ -365,21 +384,40 @@ def write_checkpoint(path, optimizer: dict, history: np.ndarray, resumes, finger
         f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
 
 
-def read_checkpoint(path):
+def checkpoint_fingerprint(path) -> dict:
+    """The fingerprint of a checkpoint file (what it must match to be resumed)."""
+    with open_input(path, "checkpoint") as f:
+        try:
+            return json.loads(f.attrs["fingerprint"])
+        except (KeyError, ValueError) as err:
+            raise SaeError(f"{path}: not a complete checkpoint ({err})") from None
+
+
+def read_checkpoint(path, lo: int = 0, hi: int | None = None):
     """(optimizer state dict, history, resumes, fingerprint) of a checkpoint file.
 
-    resumes: the iterations the training was resumed after, oldest first (none recorded in
-    checkpoints written before there was a list).
+    Of a split array, the values [lo, hi) of its last axis (zeros past its end: the
+    last slice's padding; hi None: to the end). resumes: the iterations the training
+    was resumed after, oldest first.
     """
     with open_input(path, "checkpoint") as f:
         try:
             group = f["optimizer"]
-            state = {name: ds[()] for name, ds in group.items() if name != "scalars"}
+            state = {}
+            for name, data in group.items():
+                if name == "scalars":
+                    continue
+                if data.attrs.get("split", False):
+                    stop = data.shape[-1] if hi is None else hi
+                    state[name] = np.zeros((*data.shape[:-1], stop - lo))
+                    state[name][..., : max(0, min(stop, data.shape[-1]) - lo)] = data[..., lo:stop]
+                else:
+                    state[name] = data[()]
             names = json.loads(group["scalars"].attrs["names"])
             state.update(zip(names, group["scalars"][()], strict=True))
-            resumes = [int(k) for k in f["resumes"][()]] if "resumes" in f else []
+            resumes = [int(k) for k in f["resumes"][()]]
             return state, f["history"][()], resumes, json.loads(f.attrs["fingerprint"])
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, OSError) as err:
             raise SaeError(f"{path}: not a complete checkpoint ({err})") from None
 
 

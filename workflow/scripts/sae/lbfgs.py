@@ -1,4 +1,5 @@
-"""L-BFGS with a strong-Wolfe line search, as a state machine that can stop anywhere (rank 0).
+"""L-BFGS with a strong-Wolfe line search, as a state machine that can stop anywhere,
+its vectors split over the ranks in fixed slices (sae.slices).
 
 Direction, from the compact form of the L-BFGS inverse Hessian (Byrd, Nocedal &
 Schnabel 1994; Nocedal & Wright, Numerical Optimization, eq. 7.24):
@@ -8,19 +9,26 @@ Schnabel 1994; Nocedal & Wright, Numerical Optimization, eq. 7.24):
 
 where S, Y hold the last ``memory`` pairs s_i = x_{i+1} - x_i, y_i = g_{i+1} - g_i
 (oldest first), R is the upper triangle of S^T Y, D its diagonal and
-gamma = s^T y / y^T y of the newest pair. The pairs are the rows of one array,
-so an iteration reads them twice, whatever the memory: one matrix product gives
-every pair's dot products with the new y and g (and g^T g), and one
-matrix-vector product the direction. S^T Y and Y^T Y are kept up to date from
-those products; the rest is arithmetic on memory x memory matrices, done on
-Python floats. A pair with s^T y <= eps y^T y is skipped (the oldest pair, whose
-place it took, is dropped all the same), so H stays positive definite.
+gamma = s^T y / y^T y of the newest pair. S^T Y and Y^T Y are kept up to date from
+the dot products of every pair with each new y; the rest is arithmetic on
+memory x memory matrices. A pair with s^T y <= eps y^T y is skipped (the oldest
+pair, whose place it took, is dropped all the same), so H stays positive definite.
 
-Rank 0 runs this while the other ranks wait, right after the objective's
-compute has pushed its data out of the CPU caches: then each numpy call costs
-several microseconds however small its arrays. An iteration therefore makes
-about ten numpy calls (the products above, the vector updates) and keeps the
-small algebra (the two triangular solves, g^T d) in plain Python.
+Split over the ranks. Every rank runs this same state machine on its own slices of
+the vectors (x, g, d, the pairs, the trial point) and on the same numbers: the
+dot products. Each evaluation makes one pass over the rank's slices (``_step``):
+s = x_trial - x and y = g_trial - g go into the pair slot the next pair will take
+(the pair they overwrite is dropped at the next acceptance whatever happens, and
+no direction is computed before it), and every slice's dot products of the pair
+rows with y and g_trial, g_trial . d and g_trial . g_trial are computed. The
+caller's ``combine`` sums those rows over all ranks' slices in slice order (one
+collective: sae.parallel), so every rank sees the same totals, takes the same
+decisions and computes the same direction coefficients; the direction and the
+trial points are elementwise, slice by slice. A slice's dot products use four
+running sums added pairwise at the end, and no floating-point operation is
+reordered or fused by the compiler (numba without fastmath), so the bits depend
+on neither the rank count nor the CPU. With one rank (``combine`` omitted) the
+same code runs on all slices.
 
 Line search, for the strong Wolfe conditions
 
@@ -31,11 +39,11 @@ acceptable step) and 3.6 (zoom: safeguarded cubic interpolation inside it). The
 first step is 1/|g|, later ones start at t = 1.
 
 The search is written inside out: ``point`` is where the objective is needed
-next, ``tell(f, g)`` takes its value there. Everything the optimizer knows
-(iterate, pairs, bracket, counters) is plain arrays and numbers: ``state()``
-returns them and ``LBFGS.from_state`` continues from them, so a run stopped at
-any evaluation, mid-line-search included, and restored ends bit for bit where
-the uninterrupted run does.
+next, the caller writes the gradient there into ``gradient`` and calls
+``tell(f)``. Everything the optimizer knows (iterate, pairs, bracket, counters)
+is plain arrays and numbers: ``state()`` returns them and ``LBFGS.from_state``
+continues from them, so a run stopped at any evaluation, mid-line-search
+included, and restored ends bit for bit where the uninterrupted run does.
 
 A search that finds no acceptable step in ``max_line_evals`` evaluations takes
 the best step it saw if that lowered f (evaluated once more), else starts again
@@ -49,9 +57,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
-NAME = "lbfgs-compact-wolfe"
-VERSION = 2  # of this algorithm and its state's layout; part of every checkpoint's fingerprint
+NAME = "lbfgs-compact-wolfe-sliced"
+VERSION = 3  # of this algorithm and its state's layout; part of every checkpoint's fingerprint
 EPS = float(np.finfo(np.float64).eps)
 
 # phases
@@ -63,78 +72,100 @@ MESSAGES = {
     3: "line search found no acceptable step",
 }
 SCALARS = (
-    "phase", "iterations", "evaluations", "stop", "f", "grad_norm", "dg0", "t",
+    "phase", "iterations", "evaluations", "stop", "f", "gg", "dg0", "t",
     "t_lo", "f_lo", "dg_lo", "t_hi", "f_hi", "dg_hi", "line_evals",
 )  # fmt: skip
 INTS = {"phase", "iterations", "evaluations", "stop", "line_evals"}
+ARRAYS = ("x", "g", "d", "xt", "pairs")  # split in slices; sy, yy and order are every rank's alike
+
+# Columns of one slice's row of partial sums: the caller's share of f, g_trial . d,
+# g_trial . g_trial, then every pair row r (s of slot i: r = 2i, y: 2i + 1) against y
+# (column Y + r) and against g_trial (column Y + 2 memory + r).
+F, GD, GG, Y = 0, 1, 2, 3
+
+
+def columns(memory: int) -> int:
+    """Partial sums per slice, for ``memory`` pairs."""
+    return Y + 4 * memory
 
 
 class LBFGS:
-    """Minimize f from x0: ask ``point``, ``tell`` f and its gradient there, repeat.
+    """Minimize f from x0: ask ``point``, fill ``gradient`` and ``tell`` f there, repeat.
 
-    memory: pairs kept (scipy's maxcor); c1, c2: the Wolfe constants;
-    max_line_evals: evaluations per line search before it gives up.
+    x0: this rank's slices of the start (whole slices of ``length``, zero-padded past
+    the vector's end). combine(partials) -> totals: the (slices, columns) rows of
+    every rank's slices summed in slice order (omitted: this process holds every
+    slice). point: a buffer to keep the trial point in (e.g. this rank's part of
+    the parameter vector that an allgather completes). memory: pairs kept (scipy's
+    maxcor); c1, c2: the Wolfe constants; max_line_evals: evaluations per line
+    search before it gives up.
     """
 
     def __init__(
         self,
         x0,
+        length: int,
+        combine=None,
         memory: int = 10,
         c1: float = 1e-4,
         c2: float = 0.9,
         gtol: float = 1e-5,
         ftol: float = 1e7 * EPS,
         max_line_evals: int = 20,
+        point: np.ndarray | None = None,
     ):
         x0 = np.asarray(x0, dtype=np.float64)
         n, m = x0.size, int(memory)
+        if n % length:
+            raise ValueError(f"{n} values are not whole slices of {length}")
         self.settings = {
             "memory": m, "c1": float(c1), "c2": float(c2), "gtol": float(gtol),
             "ftol": float(ftol), "max_line_evals": int(max_line_evals),
         }  # fmt: skip
+        self.length = length
         self.x = x0.copy()  # the iterate
+        self.g = np.zeros(n)  # the gradient at x
         self.d = np.zeros(n)  # the search direction
-        self.xt = x0.copy()  # the trial point: x + t d, or x0 before the first evaluation
-        # One array holds the pairs, then the newest y and the gradient at x: the products
-        # with [y; g] and the direction (pairs and g together) are one BLAS call each.
-        # Pair i lives in rows 2i (s) and 2i+1 (y) of ``memory`` slots; a new pair takes the
+        self.xt = np.empty(n) if point is None else point  # the trial point: x + t d, or x0 at first
+        self.xt[:] = x0
+        self.gradient = np.zeros(n)  # the caller's: the gradient at the trial point
+        # Pair i lives in rows 2i (s) and 2i + 1 (y) of ``memory`` slots; a new pair takes the
         # oldest one's slot when all are in use. order: slots of the kept pairs, oldest first.
-        self._rows = np.zeros((2 * m + 2, n))
-        self.pairs = self._rows[: 2 * m]
-        self._yg = self._rows[2 * m :]  # [y; g]
-        self.g = self._rows[-1]  # the gradient at x
-        self.sy = [[0.0] * m for _ in range(m)]  # s_i . y_j for i older than (or equal to) j, else 0
-        self.yy = [[0.0] * m for _ in range(m)]  # y_i . y_j
+        self.pairs = np.zeros((2 * m, n))
+        self.sy = np.zeros((m, m))  # s_i . y_j for i older than (or equal to) j, else 0
+        self.yy = np.zeros((m, m))  # y_i . y_j
         self.order: list[int] = []
         self.phase, self.iterations, self.evaluations, self.stop = START, 0, 0, 0
-        self.f = self.grad_norm = self.dg0 = self.t = math.nan
+        self.f = self.gg = self.dg0 = self.t = math.nan
         self.t_lo = self.f_lo = self.dg_lo = self.t_hi = self.f_hi = self.dg_hi = math.nan
         self.line_evals = 0
-        self._products = np.empty((2 * m + 2, 2))  # scratch: every row against [y; g]
-        self._coef = np.empty(2 * m + 2)  # scratch: -H g's coefficients for the rows
+        self.partials = np.zeros((n // length, columns(m)))
+        self._totals = np.empty(columns(m))
+        self._rows = np.arange(n // length)
+        self.combine = combine if combine is not None else self._sum_local
+        self._coef = np.empty(2 * m + 1)  # scratch: -H g's coefficients for the kept rows, then g
+
+    def _sum_local(self, partials: np.ndarray) -> np.ndarray:
+        sum_rows(partials, self._rows, self._totals)
+        return self._totals
 
     # -- state -------------------------------------------------------------------------------
 
     def state(self) -> dict:
-        """Everything needed to continue, as numpy arrays (for a checkpoint)."""
-        arrays = {k: getattr(self, k) for k in ("x", "g", "d", "xt", "pairs")}
-        arrays.update(sy=np.array(self.sy, dtype=float), yy=np.array(self.yy, dtype=float))
+        """Everything needed to continue, as numpy arrays (this rank's slices of ARRAYS)."""
+        arrays = {k: getattr(self, k) for k in (*ARRAYS, "sy", "yy")}
         arrays["order"] = np.array(self.order, dtype=np.int64)
         scalars = {k: np.array(getattr(self, k), dtype=np.int64 if k in INTS else float) for k in SCALARS}
         return {**arrays, **scalars}
 
     @classmethod
-    def from_state(cls, state: dict, **settings) -> LBFGS:
-        """The optimizer ``state()`` described, with the same settings it was made with."""
-        opt = cls(state["x"], **settings)
-        m = opt.settings["memory"]
-        for k in ("x", "g", "d", "xt", "pairs", "sy", "yy"):
-            shape = (m, m) if k in ("sy", "yy") else getattr(opt, k).shape
-            if shape != state[k].shape:
-                raise ValueError(f"state {k} has shape {state[k].shape}, expected {shape}")
-        for k in ("x", "g", "d", "xt", "pairs"):
+    def from_state(cls, state: dict, length: int, combine=None, point=None, **settings) -> LBFGS:
+        """The optimizer ``state()`` described (this rank's slices), with the settings it was made with."""
+        opt = cls(state["x"], length, combine, point=point, **settings)
+        for k in (*ARRAYS, "sy", "yy"):
+            if getattr(opt, k).shape != state[k].shape:
+                raise ValueError(f"state {k} has shape {state[k].shape}, expected {getattr(opt, k).shape}")
             getattr(opt, k)[...] = state[k]
-        opt.sy, opt.yy = np.asarray(state["sy"], float).tolist(), np.asarray(state["yy"], float).tolist()
         opt.order = [int(i) for i in state["order"]]
         for k in SCALARS:
             setattr(opt, k, int(state[k]) if k in INTS else float(state[k]))
@@ -144,7 +175,7 @@ class LBFGS:
 
     @property
     def point(self) -> np.ndarray:
-        """Where f is wanted next (a buffer the optimizer reuses: copy it to keep it)."""
+        """Where f is wanted next (this rank's slices; a buffer the optimizer reuses)."""
         return self.xt
 
     @property
@@ -152,29 +183,54 @@ class LBFGS:
         return self.phase == STOPPED
 
     @property
+    def grad_norm(self) -> float:
+        """|g| at the iterate."""
+        return math.sqrt(self.gg)
+
+    @property
     def message(self) -> str:
         return MESSAGES[self.stop] if self.stopped else "the maximum number of iterations"
 
-    def tell(self, f: float, g: np.ndarray) -> bool:
-        """f and its gradient g at ``point``; True when this ended an iteration."""
+    def _slot(self) -> int:
+        """The pair slot the next pair takes: the oldest pair's when all are in use."""
+        m = self.settings["memory"]
+        return self.order[0] if len(self.order) == m else min(set(range(m)) - set(self.order))
+
+    def tell(self, f_common: float, f_parts: np.ndarray | None = None) -> bool:
+        """f at ``point`` is f_common plus f_parts (one value per slice of this rank's, summed
+        over all slices in slice order); ``gradient`` holds the gradient there. True when
+        this ended an iteration."""
         self.evaluations += 1
-        f = float(f)
+        _step(
+            self.xt,
+            self.x,
+            self.g,
+            self.gradient,
+            self.d,
+            self.pairs,
+            self._slot(),
+            self.length,
+            self.partials,
+        )
+        self.partials[:, F] = 0.0 if f_parts is None else f_parts
+        totals = self.combine(self.partials)
+        f = float(f_common) + float(totals[F])
         if self.phase == START:
-            self.f, self.g[:] = f, g
-            self.grad_norm = math.sqrt(np.dot(self.g, self.g))
-            self._new_direction()
+            self.f, self.gg = f, float(totals[GG])
+            self.g, self.gradient = self.gradient, self.g
+            self._new_direction(totals, accepted=False)
             return False
         if self.phase == RETRY:  # the best step of a failed search, evaluated again: take it
-            return self._accept(f, g)
+            return self._accept(f, totals)
         c1, c2 = self.settings["c1"], self.settings["c2"]
-        t, dg = self.t, float(np.dot(g, self.d))
+        t, dg = self.t, float(totals[GD])
         self.line_evals += 1
         armijo = f <= self.f + c1 * t * self.dg0  # False for nan
         if self.phase == BRACKET:
             if not armijo or not f < self.f_lo:
                 self._bracket(self.t_lo, self.f_lo, self.dg_lo, t, f, dg)
             elif abs(dg) <= -c2 * self.dg0:
-                return self._accept(f, g)
+                return self._accept(f, totals)
             elif dg >= 0:
                 self._bracket(t, f, dg, self.t_lo, self.f_lo, self.dg_lo)
             else:
@@ -185,7 +241,7 @@ class LBFGS:
             if not armijo or not f < self.f_lo:
                 self.t_hi, self.f_hi, self.dg_hi = t, f, dg
             elif abs(dg) <= -c2 * self.dg0:
-                return self._accept(f, g)
+                return self._accept(f, totals)
             else:
                 if dg * (self.t_hi - self.t_lo) >= 0:
                     self.t_hi, self.f_hi, self.dg_hi = self.t_lo, self.f_lo, self.dg_lo
@@ -200,11 +256,7 @@ class LBFGS:
 
     def _try(self, t: float) -> None:
         self.t = t
-        if t == 1.0:  # the usual first trial: one call (x + 1.0 d is x + d, bit for bit)
-            np.add(self.x, self.d, out=self.xt)
-        else:
-            np.multiply(self.d, t, out=self.xt)
-            self.xt += self.x
+        _trial(self.x, self.d, t, self.xt)
 
     def _bracket(self, t_lo, f_lo, dg_lo, t_hi, f_hi, dg_hi) -> None:
         self.phase = ZOOM
@@ -239,81 +291,168 @@ class LBFGS:
             self._try(self.t_lo)
         elif self.order:  # drop the curvature memory and search along -g
             self.order = []
-            self._new_direction()
+            self._new_direction(None, accepted=False)
         else:
             self.phase, self.stop = STOPPED, 3
 
     # -- iterations --------------------------------------------------------------------------
 
-    def _accept(self, f: float, g: np.ndarray) -> bool:
-        """x + t d becomes the iterate: store the pair, test for convergence, next direction."""
+    def _accept(self, f: float, totals: np.ndarray) -> bool:
+        """x + t d becomes the iterate: keep the pair, test for convergence, next direction."""
         m = self.settings["memory"]
+        slot = self._slot()  # where _step put this evaluation's s and y
         if len(self.order) == m:  # the oldest pair makes room (and is gone, should the new one fail)
-            slot, self.order = self.order[0], self.order[1:]
-        else:
-            slot = min(set(range(m)) - set(self.order))
-        yg = self._yg  # [y; g]: the new y and g side by side, for one product with all rows
-        np.subtract(g, self.g, out=yg[0])
-        self.g[:] = g  # self.g is yg[1]
-        np.subtract(self.xt, self.x, out=self.pairs[2 * slot])
-        self.pairs[2 * slot + 1] = yg[0]
-        self.x, self.xt = self.xt, self.x
-        f_old, self.f = self.f, f
+            self.order = self.order[1:]
+        self.g, self.gradient = self.gradient, self.g
+        f_old, self.f, self.gg = self.f, f, float(totals[GG])
         self.iterations += 1
-        np.matmul(self._rows, yg.T, out=self._products)
-        products = self._products.tolist()  # row r: [row_r . y, row_r . g]; the last row is g
-        self.grad_norm = math.sqrt(products[-1][1])
-        if products[2 * slot][0] > EPS * products[2 * slot + 1][0]:  # s^T y > eps y^T y
-            sy, yy = self.sy, self.yy
-            sy[slot] = [0.0] * m  # the new s against older y: not part of R
-            for i in range(m):
-                sy[i][slot] = products[2 * i][0]
-                yy[i][slot] = products[2 * i + 1][0]
-            yy[slot] = [products[2 * i + 1][0] for i in range(m)]
+        against_y = totals[Y : Y + 2 * m]  # every pair row . y
+        if against_y[2 * slot] > EPS * against_y[2 * slot + 1]:  # s^T y > eps y^T y
+            self.sy[slot, :] = 0.0  # the new s against older y: not part of R
+            self.sy[:, slot] = against_y[0::2]
+            self.yy[:, slot] = self.yy[slot, :] = against_y[1::2]
             self.order = [*self.order, slot]
         if self.grad_norm <= self.settings["gtol"]:
             self.phase, self.stop = STOPPED, 1
         elif f_old - f <= self.settings["ftol"] * max(abs(f_old), abs(f), 1.0):
             self.phase, self.stop = STOPPED, 2
         else:
-            self._new_direction(products)
+            self._new_direction(totals, accepted=True)
+        if self.stopped:
+            self.x[:] = self.xt
         return True
 
-    def _new_direction(self, products=None) -> None:
+    def _new_direction(self, totals, accepted: bool) -> None:
         """d = -H g from the kept pairs and a first trial step; starts the line search.
 
-        products: every row of ``_rows`` against [y; g], as lists (needed when pairs are kept).
+        totals: the combined partial sums of the evaluation at the new iterate (None
+        after a failed search: then there are no pairs). accepted: x takes the trial
+        point first.
         """
-        o = self.order
-        if o:
-            k, sy, yy = len(o), self.sy, self.yy
-            gamma = sy[o[-1]][o[-1]] / yy[o[-1]][o[-1]]
-            r = [[sy[i][j] for j in o] for i in o]  # R, upper triangular
-            a = [0.0] * k  # R^-1 S^T g
-            for i in reversed(range(k)):
-                a[i] = (products[2 * o[i]][1] - sum(r[i][j] * a[j] for j in range(i + 1, k))) / r[i][i]
-            b = [0.0] * k  # R^-T (-(D a + gamma (Y^T Y a - Y^T g)))
-            for i in range(k):
-                yy_a = sum(yy[o[i]][o[j]] * a[j] for j in range(k))
-                inner = r[i][i] * a[i] + gamma * (yy_a - products[2 * o[i] + 1][1])
-                b[i] = (-inner - sum(r[j][i] * b[j] for j in range(i))) / r[i][i]
-            coef = [0.0] * len(products)  # -(gamma g + [S gamma Y] M [S^T g; gamma Y^T g]), row by row
-            for i, slot in enumerate(o):
-                coef[2 * slot], coef[2 * slot + 1] = b[i], gamma * a[i]
-            coef[-1] = -gamma  # the row of g
-            self._coef[:] = coef
-            np.matmul(self._coef, self._rows, out=self.d)
-            self.dg0 = math.fsum(c * p[1] for c, p in zip(coef, products, strict=True))  # g^T d from row^T g
-            step = 1.0
-        if not o or not self.dg0 < 0:  # no pairs, or rounding spoilt descent: steepest descent
-            self.order = []
-            np.negative(self.g, out=self.d)
-            self.dg0 = -products[-1][1] if products is not None else float(np.dot(self.g, self.d))  # -g^T g
-            step = 1.0 / math.sqrt(-self.dg0) if self.dg0 < 0 else 0.0
+        m, k = self.settings["memory"], len(self.order)
+        rows = np.array([r for slot in self.order for r in (2 * slot, 2 * slot + 1)], dtype=np.int64)
+        self.dg0, step = math.nan, 1.0
+        if k:
+            self.dg0 = _coefficients(
+                self.sy, self.yy, rows, totals[Y + 2 * m : Y + 4 * m], self.gg, self._coef
+            )
+        if not k or not self.dg0 < 0:  # no pairs, or rounding spoilt descent: steepest descent
+            self.order, rows = [], rows[:0]
+            self._coef[0] = -1.0
+            self.dg0 = -self.gg
             if not self.dg0 < 0:  # g = 0
                 self.phase, self.stop = STOPPED, 1
                 return
-        self.phase, self.line_evals = BRACKET, 0
+            step = 1.0 / math.sqrt(self.gg)
+        self.phase, self.line_evals, self.t = BRACKET, 0, step
         self.t_lo, self.f_lo, self.dg_lo = 0.0, self.f, self.dg0
         self.t_hi = self.f_hi = self.dg_hi = math.nan
-        self._try(step)
+        _direction(rows, self._coef, self.pairs, self.g, self.xt, self.x, self.d, step, accepted, self.length)
+
+
+# -- the per-slice passes, compiled (no fastmath: every operation as written) when this ---------
+# module is imported, or loaded from numba's cache beside it (its signatures are explicit).
+
+
+@njit("void(float64[:, ::1], int64[::1], float64[::1])", cache=True)
+def sum_rows(partials, rows, out):
+    """out = the sum of partials[rows[k]] over k, added in that order (slice order, for slices)."""
+    out[:] = 0.0
+    for k in range(rows.size):
+        for c in range(partials.shape[1]):
+            out[c] += partials[rows[k], c]
+
+
+@njit("UniTuple(float64, 2)(float64[::1], float64[::1], float64[::1], int64, int64)", cache=True)
+def _two_dots(a, b, c, lo, hi):
+    """(a . b, a . c) over [lo, hi) (a multiple of 4 long): four running sums each, added pairwise."""
+    b0 = b1 = b2 = b3 = 0.0
+    c0 = c1 = c2 = c3 = 0.0
+    for q in range(lo, hi, 4):
+        b0 += a[q] * b[q]
+        b1 += a[q + 1] * b[q + 1]
+        b2 += a[q + 2] * b[q + 2]
+        b3 += a[q + 3] * b[q + 3]
+        c0 += a[q] * c[q]
+        c1 += a[q + 1] * c[q + 1]
+        c2 += a[q + 2] * c[q + 2]
+        c3 += a[q + 3] * c[q + 3]
+    return (b0 + b1) + (b2 + b3), (c0 + c1) + (c2 + c3)
+
+
+@njit("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1], int64, int64, f8[:, ::1])", cache=True)
+def _step(xt, x, g, gt, d, pairs, slot, length, out):
+    """The evaluation's pass: s = xt - x, y = gt - g into slot's rows; per slice k, into out[k]:
+    gt . d, gt . gt, and every pair row against y and against gt."""
+    rows = pairs.shape[0]
+    s, y = pairs[2 * slot], pairs[2 * slot + 1]
+    for k in range(x.size // length):
+        lo, hi = k * length, (k + 1) * length
+        for q in range(lo, hi):
+            s[q] = xt[q] - x[q]
+            y[q] = gt[q] - g[q]
+        out[k, GD], out[k, GG] = _two_dots(gt, d, gt, lo, hi)
+        for r in range(rows):
+            out[k, Y + r], out[k, Y + rows + r] = _two_dots(pairs[r], y, gt, lo, hi)
+
+
+@njit("f8(f8[:, ::1], f8[:, ::1], int64[::1], f8[::1], f8, f8[::1])", cache=True)
+def _coefficients(sy, yy, rows, against_g, gg, coef):
+    """-H g's coefficients (compact form) for the kept pair rows (s, y; oldest pair first),
+    then for g, into coef; returns g . d. against_g[r]: pair row r . g."""
+    k = rows.size // 2
+    o = rows[0::2] // 2  # the kept slots, oldest first
+    last = o[k - 1]
+    gamma = sy[last, last] / yy[last, last]
+    a = np.empty(k)  # R^-1 S^T g
+    for i in range(k - 1, -1, -1):
+        acc = 0.0
+        for j in range(i + 1, k):
+            acc += sy[o[i], o[j]] * a[j]
+        a[i] = (against_g[2 * o[i]] - acc) / sy[o[i], o[i]]
+    b = np.empty(k)  # R^-T (-(D a + gamma (Y^T Y a - Y^T g)))
+    for i in range(k):
+        yy_a = 0.0
+        for j in range(k):
+            yy_a += yy[o[i], o[j]] * a[j]
+        inner = sy[o[i], o[i]] * a[i] + gamma * (yy_a - against_g[2 * o[i] + 1])
+        acc = 0.0
+        for j in range(i):
+            acc += sy[o[j], o[i]] * b[j]
+        b[i] = (-inner - acc) / sy[o[i], o[i]]
+    dg0 = -gamma * gg
+    for i in range(k):
+        coef[2 * i], coef[2 * i + 1] = b[i], gamma * a[i]
+        dg0 += b[i] * against_g[2 * o[i]] + gamma * a[i] * against_g[2 * o[i] + 1]
+    coef[2 * k] = -gamma
+    return dg0
+
+
+@njit(
+    "void(int64[::1], f8[::1], f8[:, ::1], f8[::1], f8[::1], f8[::1], f8[::1], f8, boolean, int64)",
+    cache=True,
+)
+def _direction(rows, coef, pairs, g, xt, x, d, t, accepted, length):
+    """Slice by slice: x = xt if accepted; d = coef[-1] g + coef[i] pairs[rows[i]], added in
+    that order; xt = x + t d (x + 1.0 d is x + d, bit for bit)."""
+    last = rows.size
+    for k in range(x.size // length):
+        lo, hi = k * length, (k + 1) * length
+        if accepted:
+            for q in range(lo, hi):
+                x[q] = xt[q]
+        for q in range(lo, hi):
+            d[q] = coef[last] * g[q]
+        for i in range(last):
+            row, c = pairs[rows[i]], coef[i]
+            for q in range(lo, hi):
+                d[q] += c * row[q]
+        for q in range(lo, hi):
+            xt[q] = x[q] + t * d[q]
+
+
+@njit("void(f8[::1], f8[::1], f8, f8[::1])", cache=True)
+def _trial(x, d, t, xt):
+    """xt = x + t d."""
+    for q in range(x.size):
+        xt[q] = x[q] + t * d[q]

@@ -37,8 +37,6 @@ ranks and in whatever order they are added.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from scipy.special import expit  # the reference's sigmoid
 
@@ -139,6 +137,40 @@ class Sums:
     @property
     def b_rows(self) -> int:
         return self.h * (self.v + 1)
+
+    # By parameter: the totals each parameter's gradient needs, in the parameters' order
+    # (W1, W2, b1, b2), so that a run of parameters needs a run of totals. W1[j, i] and b1[j]
+    # need two (rows j and h + j of G1), W2[o, j] one (G2[o, j] + G2[o, h], see ``fold``), b2[o]
+    # one (G2[o, h]). Every parameter also needs the few totals of global_index.
+
+    def position(self, q: int) -> int:
+        """Where parameter q's totals start in the by-parameter layout (q = n_params: its size)."""
+        hv, h = self.h * self.v, self.h
+        q1, q2, q3 = min(q, hv), min(max(q - hv, 0), hv), min(max(q - 2 * hv, 0), h)
+        return 2 * q1 + q2 + 2 * q3 + max(q - 2 * hv - h, 0)
+
+    def aligned_index(self) -> np.ndarray:
+        """The kernel buffer's index of every total in the by-parameter layout."""
+        v, h = self.v, self.h
+        g1, g2, _ = self.views(np.arange(self.size))
+        return np.concatenate(
+            [
+                np.stack([g1[:h, :v], g1[h:, :v]], axis=-1).ravel(),  # W1: b' part, s' part
+                g2[:v, :h].ravel(),  # W2 (folded)
+                np.stack([g1[:h, v], g1[h:, v]], axis=-1).ravel(),  # b1
+                g2[:v, h],  # b2
+            ]
+        )
+
+    def global_index(self) -> np.ndarray:
+        """The kernel buffer's index of the totals every parameter needs: sum t (rho_hat), sq (the cost)."""
+        _, g2, sq = self.views(np.arange(self.size))
+        return np.concatenate([g2[self.v, : self.h], sq])
+
+    def fold(self, units: np.ndarray) -> None:
+        """G2[o, j] += G2[o, h] in place: W2's gradient from one total (exact: both are whole grid steps)."""
+        _, g2, _ = self.views(units)
+        g2[: self.v, : self.h] += g2[: self.v, self.h : self.h + 1]
 
     @staticmethod
     def b_step(n_total: int, xmax: float, w2: np.ndarray) -> float:
@@ -252,62 +284,6 @@ class BlockKernel:
         np.multiply(parts, self.inv_step, out=rounded)
         np.rint(rounded, out=rounded)
         units += rounded.sum(axis=0)
-
-
-@functools.cache
-def _sums(v: int, h: int) -> Sums:
-    return Sums(v, h)
-
-
-def finish(units, step, theta, n: int, v: int, h: int, rho: float, lambda_: float, beta: float, out=None):
-    """Cost and gradient from the global sums over all n patches, in grid steps (see Sums).
-
-    ``step`` is the grid (BlockKernel.set_params), one value over each part of
-    the sums: its four values are folded into the factors below, so the sums
-    are read once. ``units`` is used as scratch; the gradient goes into ``out``
-    if given. This runs on rank 0 alone while the other ranks wait: few passes.
-    """
-    sums = _sums(v, h)
-    g1, g2, sq = sums.views(units)
-    step_b, step_s, step_g2, step_sq = step[0], step[sums.b_rows], step[2 * sums.b_rows], step[-1]
-    hv = h * v
-    weights = theta[: 2 * hv]  # W1 and W2
-    rho_hat = g2[v, :h] * (step_g2 / (2 * n)) + 0.5  # mean of a2 = (1 + t)/2
-    # KL(rho || rho_hat) = rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat))
-    ratio, ratio_off = rho / rho_hat, (1 - rho) / (1 - rho_hat)
-    k = beta * (ratio_off - ratio)
-    kl = rho * np.log(ratio).sum() + (1 - rho) * np.log(ratio_off).sum()
-    cost = sq.sum() * (step_sq / (2 * n)) + lambda_ / 2 * np.dot(weights, weights) + beta * kl
-
-    grad = np.empty_like(theta) if out is None else out
-    np.multiply(weights, lambda_, out=grad[: 2 * hv])
-    grad_w1, grad_w2, grad_b1, grad_b2 = unpack(grad, v, h)
-    # sum delta2 [x 1]^T = sum (W2^T delta3 . s) [x 1]^T + k sum s [x 1]^T = G1[:h] / 16 + k G1[h:] / 4
-    delta2_x1 = g1[h:]
-    delta2_x1 *= (k * (step_s / (4 * n)))[:, None]
-    b_part = g1[:h]
-    b_part *= step_b / (16 * n)
-    delta2_x1 += b_part
-    grad_w1 += delta2_x1[:, :v]
-    grad_b1[:] = delta2_x1[:, v]
-    # sum delta3 [a2 1]^T = sum d/4 [(1 + t)/2, 1]^T
-    delta3_a2 = g2[:v, :h]
-    delta3_a2 += g2[:v, h : h + 1]
-    delta3_a2 *= step_g2 / (8 * n)
-    grad_w2 += delta3_a2
-    np.multiply(g2[:v, h], step_g2 / (4 * n), out=grad_b2)
-    return float(cost), grad
-
-
-def evaluate(theta, x, h: int, rho: float, lambda_: float, beta: float, block_size: int, dtype=np.float64):
-    """Cost and gradient over all patches x (n, v) in one process."""
-    n, v = x.shape
-    kernel = BlockKernel(v, h, block_size, dtype)
-    step = kernel.set_params(theta, n, float(np.abs(x).max()))
-    units = np.zeros(kernel.sums.size)
-    for blocks in to_blocks(x, block_size, dtype):
-        kernel.accumulate(blocks, units)
-    return finish(units, step, theta, n, v, h, rho, lambda_, beta)
 
 
 def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: float, beta: float):

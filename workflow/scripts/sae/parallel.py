@@ -26,9 +26,11 @@ from mpi4py import MPI
 
 from . import SaeError
 from .cli import error_line, flush_logs
-from .objective import BlockKernel, finish, n_params
+from .gradient import gradient_slices
+from .lbfgs import sum_rows
+from .objective import BlockKernel, n_params
+from .slices import Slices
 
-EVALUATE, STOP = 1.0, 0.0
 TIMEOUT_ENV, DEFAULT_TIMEOUT = "SAE_MPI_TIMEOUT", 300.0  # seconds one collective may wait
 HOST_BYTES = 256  # a host name's bytes in gather_hosts (Linux allows 64)
 
@@ -96,16 +98,30 @@ class Watchdog:
 
 
 class DistributedObjective:
-    """J(theta) and its gradient over all ranks' patches, for rank 0's optimizer.
+    """J and its gradient over all ranks' patches, for the optimizer every rank runs on its slices.
 
-    blocks: an iterable of this rank's arrays of blocks (see
-    objective.to_blocks) in the compute dtype, iterated once per evaluation.
-    Times spent in local compute and in collectives (waiting included) are
-    kept per rank. With more than one rank, a Watchdog bounds each wait in a
-    collective by collective_timeout() seconds.
+    blocks: an iterable of this rank's arrays of blocks (see objective.to_blocks) in
+    the compute dtype, iterated once per evaluation. One evaluation is three
+    collectives, each on fixed-size numpy buffers:
+
+    1. ``gather()``: an Allgatherv of every rank's slices of the trial point into
+       ``theta``, the whole parameter vector (the optimizer writes its slices in place:
+       ``point`` is this rank's part of ``theta``);
+    2. ``gradient(out)``: this rank's sums over its rows, laid out by parameter
+       (objective.Sums) and Reduce_scatter'ed, so that each rank gets the totals of its
+       slices' parameters and the few every rank needs; from them, its slices of the
+       gradient and its part of J;
+    3. ``combine(partials)``, the optimizer's: an Allgatherv of every rank's rows of
+       per-slice dot products, summed in slice order on every rank. Each rank's part
+       ends with one more row, whose first value is the stop signal this rank has
+       received (0: none): ``stops`` lists every rank's after each evaluation.
+
+    Times spent in local compute and in collectives (waiting included) are kept per
+    rank. With more than one rank, a Watchdog bounds each wait in a collective by
+    collective_timeout() seconds.
     """
 
-    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lambda_, beta):
+    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lambda_, beta, columns, request):
         self.comm, self.blocks, self.n_total, self.v, self.h = comm, blocks, n_total, v, h
         self.hyper = (rho, lambda_, beta)
         self.kernel = BlockKernel(v, h, block_size, dtype)
@@ -115,25 +131,49 @@ class DistributedObjective:
         )
         self.xmax = np.empty(1)
         comm.Allreduce(local_max, self.xmax, op=MPI.MAX)
-        self.message = np.empty(n_params(self.v, h) + 1)  # theta, then the command
-        self.units = np.empty(self.kernel.sums.size)
-        self.totals = np.empty_like(self.units) if comm.rank == 0 else None
-        self.grad = np.empty(n_params(self.v, h)) if comm.rank == 0 else None
+        p, rank = comm.size, comm.rank
+        self.slices = slices = Slices(n_params(v, h))
+        self.lo, self.hi = slices.elements(rank, p)
+        owned = [slices.owned(r, p) for r in range(p)]
+        length = slices.length
+        # 1. the point: every rank's slices, in place
+        self.theta = np.zeros(slices.padded)
+        self.point = self.theta[self.lo : self.hi]
+        self._theta_spec = [
+            self.theta,
+            ([(b - a) * length for a, b in owned], [a * length for a, _ in owned]),
+        ]
+        clipped = [(min(a * length, slices.size), min(b * length, slices.size)) for a, b in owned]
+        self._collect_counts = ([b - a for a, b in clipped], [a for a, _ in clipped])
+        # 2. the sums: by parameter, each rank's run of them followed by the global ones
+        sums = self.kernel.sums
+        aligned, glob = sums.aligned_index(), sums.global_index()
+        runs = [(sums.position(min(a * length, slices.size)), sums.position(min(b * length, slices.size)))
+                for a, b in owned]  # fmt: skip
+        self._send_index = np.concatenate([np.concatenate([aligned[a:b], glob]) for a, b in runs])
+        self._send = np.empty(self._send_index.size)
+        self._recv_counts = [b - a + glob.size for a, b in runs]
+        self._recv = np.empty(self._recv_counts[rank])
+        self._aligned, self._glob = self._recv[: -glob.size], self._recv[-glob.size :]
+        self.units = np.empty(sums.size)
+        self.f_parts = np.empty(self.hi // length - self.lo // length)
+        # 3. the optimizer's rows: each rank's slices, then its stop row
+        counts = [(b - a + 1) * columns for a, b in owned]
+        starts = np.cumsum([0, *counts])
+        self.shared = np.zeros(starts[-1])
+        self._shared_spec = [self.shared, (counts, starts[:-1].tolist())]
+        self._mine = self.shared[starts[rank] : starts[rank + 1]].reshape(-1, columns)
+        rows = np.arange(starts[-1] // columns)
+        self._stop_rows = starts[1:] // columns - 1
+        self._slice_rows = np.delete(rows, self._stop_rows)  # every slice's row, in slice order
+        self._totals = np.empty(columns)
+        self.request = request  # this rank's stop request (StopRequest)
+        self.stops = np.zeros(p, dtype=np.int64)  # every rank's, after the last combine
         self.compute_seconds = self.comm_seconds = 0.0
         self.evaluations = 0
-        who = f"rank {comm.rank} on {socket.gethostname()}"
+        who = f"rank {rank} on {socket.gethostname()}"
         # a bad $SAE_MPI_TIMEOUT is one error line from every rank alike (agree), not an abort
-        self.watchdog = Watchdog(agree(comm, collective_timeout), who) if comm.size > 1 else None
-
-    def _local_sums(self):
-        start = time.perf_counter()
-        step = self.kernel.set_params(self.message[:-1], self.n_total, self.xmax[0])
-        self.units[:] = 0.0
-        for blocks in self.blocks:
-            self.kernel.accumulate(blocks, self.units)
-        self.compute_seconds += time.perf_counter() - start
-        self.evaluations += 1
-        return step
+        self.watchdog = Watchdog(agree(comm, collective_timeout), who) if p > 1 else None
 
     def _collective(self, call, *args, **kwargs):
         start = time.perf_counter()
@@ -144,54 +184,91 @@ class DistributedObjective:
             self.watchdog.disarm()
         self.comm_seconds += time.perf_counter() - start
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.watchdog is not None:
             self.watchdog.close()
 
-    def __call__(self, theta):
-        """Rank 0: evaluate at theta on all ranks; returns (cost, gradient: a reused buffer)."""
-        self.message[:-1] = theta
-        self.message[-1] = EVALUATE
-        self._collective(self.comm.Bcast, self.message, root=0)
-        step = self._local_sums()
-        self._collective(self.comm.Reduce, self.units, self.totals, op=MPI.SUM, root=0)
-        theta = self.message[:-1]
-        return finish(self.totals, step, theta, self.n_total, self.v, self.h, *self.hyper, out=self.grad)
+    def collect(self, local: np.ndarray) -> np.ndarray | None:
+        """A vector split in slices (this rank's part: ``local``), whole on rank 0 (None elsewhere)."""
+        size = self.slices.size
+        mine = local[: max(0, min(self.hi, size) - self.lo)]
+        out = np.empty(size) if self.comm.rank == 0 else None
+        self._collective(self.comm.Gatherv, mine, [out, self._collect_counts] if out is not None else None)
+        return out
 
-    def serve(self) -> None:
-        """Ranks other than 0: evaluate whenever rank 0 asks, until it says stop."""
-        while True:
-            self._collective(self.comm.Bcast, self.message, root=0)
-            if self.message[-1] == STOP:
-                self._close()
-                return
-            self._local_sums()
-            self._collective(self.comm.Reduce, self.units, None, op=MPI.SUM, root=0)
+    def gather(self) -> None:
+        """theta = every rank's ``point`` (its slices of the trial point)."""
+        self._collective(self.comm.Allgatherv, MPI.IN_PLACE, self._theta_spec)
 
-    def stop(self) -> None:
-        """Rank 0: release the serving ranks."""
-        self.message[-1] = STOP
-        self._collective(self.comm.Bcast, self.message, root=0)
-        self._close()
+    def gradient(self, out: np.ndarray):
+        """This rank's slices of the gradient at theta into ``out``; (J's common part, per-slice parts)."""
+        start = time.perf_counter()
+        step = self.kernel.set_params(self.theta[: self.slices.size], self.n_total, self.xmax[0])
+        self.units[:] = 0.0
+        for blocks in self.blocks:
+            self.kernel.accumulate(blocks, self.units)
+        self.kernel.sums.fold(self.units)
+        np.take(self.units, self._send_index, out=self._send)
+        self.compute_seconds += time.perf_counter() - start
+        self.evaluations += 1
+        self._collective(self.comm.Reduce_scatter, self._send, self._recv, self._recv_counts, op=MPI.SUM)
+        f_common = gradient_slices(
+            self._aligned, self._glob, self.theta, self.lo, self.hi, step, self.n_total, self.v, self.h,
+            *self.hyper, self.slices.length, out, self.f_parts,
+        )  # fmt: skip
+        return f_common, self.f_parts
+
+    def combine(self, partials: np.ndarray) -> np.ndarray:
+        """Every rank's per-slice rows summed in slice order (the optimizer's ``combine``)."""
+        self._mine[:-1] = partials
+        self._mine[-1, 0] = self.request.signal
+        self._collective(self.comm.Allgatherv, MPI.IN_PLACE, self._shared_spec)
+        table = self.shared.reshape(-1, self._totals.size)
+        sum_rows(table, self._slice_rows, self._totals)
+        self.stops[:] = table[self._stop_rows, 0]
+        return self._totals
 
 
-def agree(comm, task, *args):
+class StopRequest:
+    """The stop signal this rank has received (0: none), set by its signal handler.
+
+    The training's collectives carry it to every rank: ``agree`` while loading, then
+    the optimizer's ``combine`` at every evaluation.
+    """
+
+    def __init__(self):
+        self.signal = 0
+
+
+class Stopped(Exception):
+    """A stop signal reached some rank: every rank raises it (``signals``: each rank's, 0 for none)."""
+
+    def __init__(self, signals: np.ndarray):
+        super().__init__("stop signal")
+        self.signals = signals
+
+
+def agree(comm, task, *args, request: StopRequest | None = None):
     """Run ``task(*args)`` on every rank; if it raises SaeError on any, all ranks stop.
 
     The lowest failing rank raises its SaeError (one line to report), the
     others SystemExit(1), so every rank leaves together and none waits in a
-    collective. Returns the task's result.
+    collective. Else, if a stop signal reached any rank (``request``), every rank
+    raises Stopped. Returns the task's result.
     """
     try:
         result, error = task(*args), None
     except SaeError as err:
         result, error = None, err
-    mine = np.array([comm.rank if error else comm.size])
-    first = np.empty(1, dtype=mine.dtype)
-    comm.Allreduce(mine, first, op=MPI.MIN)
-    if first[0] == comm.size:
+    mine = np.array([comm.rank if error else comm.size, request.signal if request else 0])
+    table = np.empty((comm.size, 2), dtype=mine.dtype)
+    comm.Allgather(mine, table)
+    first = table[:, 0].min()
+    if first == comm.size:
+        if table[:, 1].any():
+            raise Stopped(table[:, 1])
         return result
-    if comm.rank == first[0]:
+    if comm.rank == first:
         error.collective = True  # every rank is leaving: no need to abort the others
         raise error
     raise SystemExit(1)
@@ -248,18 +325,28 @@ def gather_hosts(comm) -> list[str] | None:
     return [row.tobytes().rstrip(b"\0").decode(errors="replace") for row in out]
 
 
+def rank_spans(ranks: list[int]) -> str:
+    """'rank 3', 'ranks 0-1, 4': ranks in order, runs of consecutive ones joined."""
+    runs, start = [], ranks[0]
+    for prev, cur in zip(ranks, [*ranks[1:], None], strict=True):
+        if cur != prev + 1:
+            runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(runs)}"
+
+
+def _by_host(hosts: list[str], ranks) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for rank in ranks:
+        out.setdefault(hosts[rank], []).append(rank)
+    return out
+
+
 def describe_hosts(hosts: list[str]) -> str:
-    """'node1 (ranks 0-1), node2 (ranks 2-3)': each host and its ranks, in order of first rank."""
-    ranks: dict[str, list[int]] = {}
-    for rank, host in enumerate(hosts):
-        ranks.setdefault(host, []).append(rank)
+    """'node1 (ranks 0-1); node2 (ranks 2-3)': each host and its ranks, in order of first rank."""
+    return "; ".join(f"{host} ({rank_spans(rs)})" for host, rs in _by_host(hosts, range(len(hosts))).items())
 
-    def spans(rs):
-        runs, start = [], rs[0]
-        for prev, cur in zip(rs, [*rs[1:], None], strict=True):
-            if cur != prev + 1:
-                runs.append(f"{start}" if start == prev else f"{start}-{prev}")
-                start = cur
-        return ", ".join(runs)
 
-    return "; ".join(f"{host} (rank{'s' if len(rs) > 1 else ''} {spans(rs)})" for host, rs in ranks.items())
+def ranks_on_hosts(hosts: list[str], ranks: list[int]) -> str:
+    """'rank 1 on node2', 'ranks 2-3 on node2; rank 5 on node3': some ranks, and where they run."""
+    return "; ".join(f"{rank_spans(rs)} on {host}" for host, rs in _by_host(hosts, ranks).items())

@@ -1,10 +1,12 @@
-"""Training, as ``run`` performs it: load each rank's shard, set up the distributed
-objective, start or resume rank 0's optimizer (sae.lbfgs) from a checkpoint, optimize
-with checkpoints, gather the timings, write the model.
+"""Training, as ``run`` performs it on every rank: load the rank's shard, set up the
+distributed objective, start or resume the optimizer (sae.lbfgs, on the rank's slices)
+from a checkpoint, optimize with checkpoints, gather the timings, write the model.
 
-A checkpoint holds the optimizer's whole state, so a resumed run ends bit for bit
-where the uninterrupted one does; its fingerprint (config, data, optimizer, numpy)
-must match this run's for it to be used.
+A checkpoint holds the optimizer's whole state, whole vectors whatever the rank count,
+so a resumed run, on any number of ranks, ends bit for bit where the uninterrupted one
+does; its fingerprint (config, data, optimizer, numpy) must match this run's for it to
+be used. A stop signal (SIGTERM, SIGINT) on any rank stops every rank at the end of the
+evaluation under way, with a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ import numpy as np
 
 from . import SaeError, cli, h5io, lbfgs
 from .objective import initial_theta, to_blocks, unpack
-from .parallel import DistributedObjective, agree, describe_hosts, gather_hosts, gather_seconds, shard
+from .parallel import (
+    DistributedObjective,
+    Stopped,
+    StopRequest,
+    agree,
+    describe_hosts,
+    gather_hosts,
+    gather_seconds,
+    ranks_on_hosts,
+    shard,
+)
+from .slices import MAX_SLICES
 
 log = logging.getLogger("sae.train")
 
@@ -33,7 +46,8 @@ OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults);
 
 
 class Interrupted(SaeError):
-    """SIGTERM or SIGINT arrived; a checkpoint was written at the end of the evaluation under way."""
+    """SIGTERM or SIGINT arrived on some rank; every rank stopped (after the evaluation under way,
+    with a checkpoint, in the loop)."""
 
 
 @dataclass
@@ -152,8 +166,8 @@ def max_shard_bytes(n: int, v: int, block_size: int, ranks: int, dtype) -> int:
 def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
     """What a checkpoint must match to be resumed: hyperparameters, data, optimizer and numpy.
 
-    The optimizer's name, version and settings, and numpy's version (its BLAS
-    computes the optimizer's products), decide the bits of the steps to come.
+    The optimizer's name, version and settings (its slices included), and numpy's version
+    (its BLAS computes the sums), decide the bits of the steps to come.
     """
     _, attrs = h5io.patches_info(job.patches, job.side)
     data = {k: attrs[k] for k in ("seed", "count", "sigma") if k in attrs}
@@ -165,21 +179,25 @@ def fingerprint(hp: dict, job: Job, n_total: int) -> dict:
         "samples": n_total,
         "patches": {k: np.asarray(v).item() for k, v in data.items()},
         "rows_sha256": hashlib.sha256(b"".join(np.ascontiguousarray(e).tobytes() for e in edges)).hexdigest(),
-        "optimizer": {"name": lbfgs.NAME, "version": lbfgs.VERSION, **OPTIMIZER_SETTINGS},
+        "optimizer": {
+            "name": lbfgs.NAME,
+            "version": lbfgs.VERSION,
+            "max_slices": MAX_SLICES,
+            **OPTIMIZER_SETTINGS,
+        },
         "numpy": np.__version__,
     }
 
 
-def resume_point(job: Job, run_fingerprint: dict):
-    """(optimizer state, history, earlier resumes) from a usable checkpoint of this run, or None
-    (reason logged)."""
+def usable_checkpoint(job: Job, run_fingerprint: dict) -> bool:
+    """Rank 0: whether this run's checkpoint exists and fits it (the reason logged when not)."""
     if job.checkpoint is None or not Path(job.checkpoint).exists():
-        return None
+        return False
     try:
-        state, history, resumes, saved = h5io.read_checkpoint(job.checkpoint)
+        saved = h5io.checkpoint_fingerprint(job.checkpoint)
     except SaeError as err:
         log.warning("checkpoint not used: %s", err)
-        return None
+        return False
     if saved != run_fingerprint:
         diff = sorted(
             k for k in run_fingerprint.keys() | saved.keys() if run_fingerprint.get(k) != saved.get(k)
@@ -189,36 +207,47 @@ def resume_point(job: Job, run_fingerprint: dict):
             job.checkpoint,
             ", ".join(diff),
         )
-        return None
-    return state, history, resumes
+        return False
+    return True
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Slurm's time limit; Ctrl-C (mpiexec passes it to every rank)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Slurm's time limit, a node's shutdown; Ctrl-C
 
 
 @contextlib.contextmanager
-def stop_flag():
-    """While active, a stop signal sets the flag to its name instead of ending the process (every rank).
+def stop_requests():
+    """While active, a stop signal is recorded in the yielded StopRequest instead of ending the process.
 
-    Rank 0 then stops at the end of the evaluation under way and the others when it
-    releases them, so no rank is left waiting in a collective for one that is gone.
+    The first signal counts. The training's collectives carry every rank's request to
+    all ranks (parallel.agree while loading, the optimizer's combine in the loop), so
+    all stop together, and none is left waiting in a collective for one that is gone.
     """
-    flag = {"set": None}
+    request = StopRequest()
 
     def handler(signum, frame):
-        flag["set"] = signal.Signals(signum).name
+        request.signal = request.signal or signum
 
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
-        yield flag
+        yield request
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
 
 
+def describe_stops(stops: np.ndarray, hosts: list[str]) -> str:
+    """'SIGTERM (rank 1 on node2)': each signal received, and the ranks and hosts that received it."""
+    parts = []
+    for signum in sorted({int(s) for s in stops if s}):
+        ranks = [r for r, s in enumerate(stops) if s == signum]
+        parts.append(f"{signal.Signals(signum).name} ({ranks_on_hosts(hosts, ranks)})")
+    return " and ".join(parts)
+
+
 @dataclass
 class Training:
-    """Rank 0's optimizer and what it has done: the part of a run a checkpoint holds."""
+    """The optimizer (every rank's, on its slices) and what it has done: the part of a run a
+    checkpoint holds (history and fingerprint: rank 0's)."""
 
     optimizer: lbfgs.LBFGS
     history: list  # rows (cost, grad_norm, seconds), one per iteration
@@ -229,45 +258,50 @@ class Training:
 def run(comm, hp: dict, job: Job) -> None:
     """Train on all ranks of ``comm``; rank 0 writes job.model.
 
-    Raises SaeError on every rank alike for a bad patches file, before any
-    training; Interrupted on rank 0 after SIGTERM or SIGINT, once the checkpoint is written.
+    Raises SaeError on every rank alike for a bad patches file, before any training;
+    after a stop signal on any rank, Interrupted on rank 0 (once the checkpoint is
+    written) and SystemExit(1) on the others.
     """
     wall_start = time.perf_counter()
-    blocks, n_total = load(comm, hp, job)
-    load_seconds = time.perf_counter() - wall_start
-    objective = set_up_objective(comm, blocks, n_total, hp, job)
-    interrupted = training = None
-    with stop_flag() as stop:
-        comm.Barrier()
-        loop_start = time.perf_counter()
-        if comm.rank == 0:
+    with stop_requests() as request:
+        hosts = gather_hosts(comm)
+        blocks, n_total = load(comm, hp, job, request, hosts)
+        load_seconds = time.perf_counter() - wall_start
+        objective = set_up_objective(comm, blocks, n_total, hp, job, request)
+        try:
+            training = start_or_resume(comm, objective, hp, job, n_total)
+            comm.Barrier()
+            loop_start = time.perf_counter()
             try:
-                training = start_or_resume(hp, job, n_total)
-                optimize(objective, training, hp["iterations"], job, stop)
+                optimize(objective, training, hp["iterations"], job, hosts)
             except Interrupted as err:
-                interrupted = err
-            finally:
-                objective.stop()
-        else:
-            objective.serve()
-        loop_seconds = time.perf_counter() - loop_start
+                err.collective = True  # every rank is leaving
+                raise
+            loop_seconds = time.perf_counter() - loop_start
+        finally:
+            objective.close()
     timings = gather_timings(comm, objective, load_seconds, loop_seconds)
+    x = objective.collect(training.optimizer.x)
     if comm.rank != 0:
         return
-    if interrupted is not None:
-        interrupted.collective = True  # the other ranks have left every collective
-        raise interrupted
     timings[h5io.WALL_SECONDS] = time.perf_counter() - wall_start
     shard_bytes = max_shard_bytes(n_total, job.side**2, hp["block_size"], comm.size, hp["precision"])
     timings["shard_mb_max"] = shard_bytes / 2**20
-    write(training, hp, job, n_total, comm.size, isinstance(blocks, StreamedShard), timings)
+    write(training, x, hp, job, n_total, comm.size, isinstance(blocks, StreamedShard), timings)
 
 
-def load(comm, hp: dict, job: Job):
-    """Every rank: its shard of the patches (blocks, n_total); an error in the data stops all ranks alike."""
+def load(comm, hp: dict, job: Job, request: StopRequest, hosts):
+    """Every rank: its shard of the patches (blocks, n_total); an error in the data, or a stop
+    signal on any rank, stops all ranks alike."""
     v, block, dtype = job.side * job.side, hp["block_size"], np.dtype(hp["precision"])
-    blocks, n_total = agree(comm, load_shard, comm, job, block, dtype)
-    hosts = gather_hosts(comm)
+    try:
+        blocks, n_total = agree(comm, load_shard, comm, job, block, dtype, request=request)
+    except Stopped as stop:
+        if comm.rank != 0:
+            raise SystemExit(1) from None
+        raise Interrupted(
+            f"stopped by {describe_stops(stop.signals, hosts)} while loading the patches"
+        ) from None
     if comm.rank == 0:
         note = ""
         if job.cores_granted is not None and job.cores_granted > comm.size:
@@ -281,30 +315,36 @@ def load(comm, hp: dict, job: Job):
     return blocks, n_total
 
 
-def set_up_objective(comm, blocks, n_total: int, hp: dict, job: Job) -> DistributedObjective:
-    """Every rank: J and its gradient over all ranks' patches."""
+def set_up_objective(comm, blocks, n_total: int, hp: dict, job: Job, request) -> DistributedObjective:
+    """Every rank: J and its gradient over all ranks' patches, for the optimizer on its slices."""
     return DistributedObjective(
         comm, blocks, n_total, job.side**2, hp["hidden"], hp["block_size"], np.dtype(hp["precision"]),
-        hp["rho"], hp["lambda"], hp["beta"],
+        hp["rho"], hp["lambda"], hp["beta"], lbfgs.columns(OPTIMIZER_SETTINGS["memory"]), request,
     )  # fmt: skip
 
 
-def start_or_resume(hp: dict, job: Job, n_total: int) -> Training:
-    """Rank 0: the optimizer from this run's checkpoint if there is a usable one, else from scratch."""
-    run_fingerprint = fingerprint(hp, job, n_total) if job.checkpoint else {}
-    resumed = resume_point(job, run_fingerprint)
-    if resumed is None:
+def start_or_resume(comm, objective: DistributedObjective, hp: dict, job: Job, n_total: int) -> Training:
+    """Every rank: the optimizer on its slices, from this run's checkpoint if there is a usable
+    one (rank 0 decides), else from scratch."""
+    run_fingerprint = fingerprint(hp, job, n_total) if job.checkpoint and comm.rank == 0 else {}
+    resume = np.array([comm.rank == 0 and usable_checkpoint(job, run_fingerprint)], dtype=np.int64)
+    comm.Bcast(resume, root=0)
+    length, settings = objective.slices.length, OPTIMIZER_SETTINGS
+    if not resume[0]:
         theta0 = initial_theta(job.side**2, hp["hidden"], np.random.default_rng(hp["seed"]))
-        return Training(lbfgs.LBFGS(theta0, **OPTIMIZER_SETTINGS), [], [], run_fingerprint)
-    state, history, resumes = resumed
-    optimizer = lbfgs.LBFGS.from_state(state, **OPTIMIZER_SETTINGS)
+        x0 = objective.slices.pad(theta0)[objective.lo : objective.hi]
+        optimizer = lbfgs.LBFGS(x0, length, objective.combine, point=objective.point, **settings)
+        return Training(optimizer, [], [], run_fingerprint)
+    state, history, resumes, _ = agree(comm, h5io.read_checkpoint, job.checkpoint, objective.lo, objective.hi)
+    optimizer = lbfgs.LBFGS.from_state(state, length, objective.combine, point=objective.point, **settings)
     training = Training(optimizer, [tuple(r) for r in history], [*resumes, len(history)], run_fingerprint)
-    log.info(
-        "resumed from iteration %d, evaluation %d (checkpoint %s)",
-        len(history),
-        training.optimizer.evaluations,
-        job.checkpoint,
-    )
+    if comm.rank == 0:
+        log.info(
+            "resumed from iteration %d, evaluation %d (checkpoint %s)",
+            len(history),
+            optimizer.evaluations,
+            job.checkpoint,
+        )
     return training
 
 
@@ -312,9 +352,8 @@ class ProgressLines:
     """The per-iteration log lines, logged together at most every cli.FLUSH_SECONDS.
 
     One log record per line cost rank 0 about 25 µs per iteration (the record,
-    its time stamp, the formatting), while the other ranks wait: a tenth of a
-    two-rank evaluation at 10k patches. Each line still carries the time stamp
-    of the batch it was logged in.
+    its time stamp, the formatting), while the other ranks wait. Each line still
+    carries the time stamp of the batch it was logged in.
     """
 
     def __init__(self):
@@ -333,46 +372,68 @@ class ProgressLines:
         self.lines, self.logged = [], time.monotonic()
 
 
-def optimize(objective, training: Training, iterations: int, job: Job, stop: dict) -> None:
-    """Rank 0: L-BFGS until ``iterations`` in all, a checkpoint every job.checkpoint_every.
+def optimize(objective, training: Training, iterations: int, job: Job, hosts) -> None:
+    """Every rank: L-BFGS until ``iterations`` in all, a checkpoint every job.checkpoint_every.
 
-    After SIGTERM or SIGINT (``stop``), writes a checkpoint at the end of the evaluation under way
-    (mid-line-search, too) and raises Interrupted.
+    After a stop signal on any rank (seen by all in the evaluation's combine), writes a
+    checkpoint at the end of the evaluation under way (mid-line-search, too) and raises
+    Interrupted on every rank.
     """
     opt, history = training.optimizer, training.history
+    rank0 = objective.comm.rank == 0
     offset = history[-1][2] if history else 0.0
     start = time.perf_counter()
     progress = ProgressLines()
     try:
         while not opt.stopped and opt.iterations < iterations:
-            if opt.tell(*objective(opt.point)):
-                row = (opt.f, opt.grad_norm, offset + time.perf_counter() - start)
-                history.append(row)
-                cost, grad_norm, seconds = row
-                progress.add(
-                    f"iteration {len(history):4d}/{iterations}  cost {cost:.6f}  |grad| {grad_norm:.3e}"
-                    f"  evaluations {opt.evaluations}  {seconds:.2f} s"
-                )
-                if len(history) % job.checkpoint_every == 0 and len(history) < iterations:
-                    save_checkpoint(training, job)
-            if stop["set"]:
-                saved = save_checkpoint(training, job)
+            objective.gather()
+            if opt.tell(*objective.gradient(opt.gradient)):
+                if rank0:
+                    row = (opt.f, opt.grad_norm, offset + time.perf_counter() - start)
+                    history.append(row)
+                    progress.add(
+                        f"iteration {opt.iterations:4d}/{iterations}  cost {row[0]:.6f}  |grad| {row[1]:.3e}"
+                        f"  evaluations {opt.evaluations}  {row[2]:.2f} s"
+                    )
+                if opt.iterations % job.checkpoint_every == 0 and opt.iterations < iterations:
+                    save_checkpoint(objective, training, job)
+            if objective.stops.any():
+                saved = save_checkpoint(objective, training, job)
+                if not rank0:
+                    raise SystemExit(1)
                 raise Interrupted(
-                    f"stopped by {stop['set']} after iteration {len(history)} (evaluation {opt.evaluations})"
+                    f"stopped by {describe_stops(objective.stops, hosts)} after iteration {opt.iterations}"
+                    f" (evaluation {opt.evaluations})"
                     + (f"; checkpoint {job.checkpoint} written: run again to resume" if saved else "")
                 )
     finally:
         progress.flush()
-    log.info("stopped after %d iterations in all: %s", len(history), opt.message)
+    if rank0:
+        log.info("stopped after %d iterations in all: %s", opt.iterations, opt.message)
 
 
-def save_checkpoint(training: Training, job: Job) -> bool:
-    """Rank 0: the optimizer's whole state and the history, if the run has a checkpoint file."""
+def save_checkpoint(objective: DistributedObjective, training: Training, job: Job) -> bool:
+    """Every rank: the optimizer's whole state and the history, if the run has a checkpoint file.
+
+    Rank 0 writes it; the split vectors reach it one row at a time (parallel.collect).
+    """
     if not job.checkpoint:
         return False
+    state = training.optimizer.state()
+    size = objective.slices.size
+    split = {}
+    for name in lbfgs.ARRAYS:
+        value = state.pop(name)
+        gathered = (objective.collect(row) for row in np.atleast_2d(value))
+        split[name] = h5io.Split((*value.shape[:-1], size), gathered)
+    if objective.comm.rank != 0:
+        for value in split.values():
+            for _ in value.rows:
+                pass
+        return True
     h5io.write_checkpoint(
         job.checkpoint,
-        training.optimizer.state(),
+        {**split, **state},
         np.array(training.history, dtype=np.float64).reshape(-1, 3),
         training.resumes,
         training.fingerprint,
@@ -382,24 +443,25 @@ def save_checkpoint(training: Training, job: Job) -> bool:
 
 def gather_timings(comm, objective, load_seconds: float, loop_seconds: float) -> dict | None:
     """Rank 0: the model file's timing and memory attributes, over all ranks (None elsewhere)."""
-    peak_rss_mb = cli.peak_rss_mb()
+    optimizer_seconds = loop_seconds - objective.compute_seconds - objective.comm_seconds
     seconds = gather_seconds(
-        comm, [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, peak_rss_mb]
-    )  # columns: h5io.RANK_TIMINGS, then peak RSS
+        comm,
+        [load_seconds, loop_seconds, objective.compute_seconds, objective.comm_seconds, optimizer_seconds,
+         cli.peak_rss_mb()],
+    )  # columns: h5io.RANK_TIMINGS, then peak RSS  # fmt: skip
     if comm.rank != 0:
         return None
     return {
-        **h5io.rank_timing_attrs(seconds[:, :4]),
-        h5io.OPTIMIZER_SECONDS: loop_seconds - seconds[0, 2] - seconds[0, 3],
-        "peak_rss_mb_max": seconds[:, 4].max(),
+        **h5io.rank_timing_attrs(seconds[:, :-1]),
+        "peak_rss_mb_max": seconds[:, -1].max(),
         "train_seconds": loop_seconds,  # rank 0's
     }
 
 
-def write(training: Training, hp: dict, job: Job, n_total: int, ranks: int, streamed: bool, timings: dict):
+def write(training: Training, x, hp: dict, job: Job, n_total: int, ranks: int, streamed: bool, timings: dict):
     """Rank 0: the model file (then the checkpoint is no longer needed)."""
     opt, history = training.optimizer, training.history
-    w1, w2, b1, b2 = unpack(opt.x, job.side**2, hp["hidden"])
+    w1, w2, b1, b2 = unpack(x, job.side**2, hp["hidden"])
     model_attrs = {
         **{k: hp[k] for k in HYPERPARAMETERS},
         "max_iterations": hp["iterations"],

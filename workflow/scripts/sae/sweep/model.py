@@ -120,7 +120,7 @@ def fit_model(runs: list[dict], bench: list[dict]) -> dict:
     ones = np.ones_like(rows)
     compute = np.array([r[h5io.timing_attr("compute", "max")] for r in runs]) / e
     c_param, c_patch, c0_param, c0 = _fit_relative(np.column_stack([rows * size, rows, size, ones]), compute)
-    optimizer = np.array([r[h5io.OPTIMIZER_SECONDS] for r in runs]) / e
+    optimizer = np.array([r[h5io.timing_attr("optimizer", "max")] for r in runs]) / e
     t_param, t0 = _fit_relative(np.column_stack([size, ones]), optimizer)
     # Reading the rows, from single-process runs: on more ranks the measured load also holds
     # the ranks' start-up skew (the first collective waits for the last rank to start).

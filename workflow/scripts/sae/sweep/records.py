@@ -25,7 +25,6 @@ RUN_COLUMNS = (
     "cost",
     h5io.WALL_SECONDS,
     *h5io.RANK_TIMING_ATTRS,
-    h5io.OPTIMIZER_SECONDS,
 )
 # Columns of a collectives benchmark file: one row per buffer scale (bytes: DOUBLE per value).
 COLLECTIVE_COLUMNS = ("ranks", "scale", "reduce_doubles", "bcast_doubles", "bytes", "seconds", "seconds_min")

@@ -151,7 +151,8 @@ def breakdown(rows: list[dict]) -> list[dict]:
     """Where the loop time goes, per point (medians over repeats, seconds per run).
 
     compute: mean over ranks of local compute; imbalance: slowest rank's compute
-    minus the mean; optimizer: rank 0 outside collectives and compute;
+    minus the mean; optimizer: the slowest rank's optimizer step (every rank's loop outside
+    collectives and compute);
     communication: the rest of the slowest rank's loop (collectives on the
     critical path, waiting included). The four add up to ``loop``.
     """
@@ -161,7 +162,7 @@ def breakdown(rows: list[dict]) -> list[dict]:
         loop = med[LOOP]
         compute = med[h5io.timing_attr("compute", "mean")]
         imbalance = max(med[h5io.timing_attr("compute", "max")] - compute, 0.0)
-        optimizer = max(med[h5io.OPTIMIZER_SECONDS], 0.0)
+        optimizer = max(med[h5io.timing_attr("optimizer", "max")], 0.0)
         communication = max(loop - compute - imbalance - optimizer, 0.0)
         parts = {"compute": compute, "imbalance": imbalance, "communication": communication}
         parts["optimizer"] = optimizer

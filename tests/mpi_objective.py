@@ -14,7 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-from sae import lbfgs
+from sae import slices
 from sae.objective import initial_theta
 from sae.parallel import DistributedObjective, StopRequest
 from sae.train import Job, load_shard
@@ -22,18 +22,17 @@ from sae.train import Job, load_shard
 patches_path, out, block = sys.argv[1], sys.argv[2], int(sys.argv[3])
 comm = MPI.COMM_WORLD
 blocks, n_total = load_shard(comm, Job(patches_path, "", 8), block)
-columns = lbfgs.columns(5)
 objective = DistributedObjective(
-    comm, blocks, n_total, 64, 25, block, np.float64, 0.01, 1e-4, 3.0, columns, StopRequest()
+    comm, blocks, n_total, 64, 25, block, np.float64, 0.01, 1e-4, 3.0, slices.MEMORY, StopRequest()
 )
 theta = objective.slices.pad(initial_theta(64, 25, np.random.default_rng(5)))
 objective.point[:] = theta[objective.lo : objective.hi]
 objective.gather()
 grad = np.empty(objective.hi - objective.lo)
 f_common, f_parts = objective.gradient(grad)
-partials = np.zeros((len(f_parts), columns))
-partials[:, lbfgs.F] = f_parts
-cost = f_common + objective.combine(partials)[lbfgs.F]
+partials = np.zeros((len(f_parts), slices.row_length()))
+partials[:, slices.F] = f_parts
+cost = f_common + objective.combine(partials)[slices.F]
 whole = objective.collect(grad)
 objective.close()
 if comm.rank == 0:

@@ -4,6 +4,7 @@ import csv
 import itertools
 import json
 import re
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -16,16 +17,19 @@ from conftest import (
     load_config,
     make_patches_file,
     mpirun,
+    run,
     smooth_images,
     snakemake,
     write_config,
 )
 from sae import SaeError, labels, objective
-from sae.sweep import model, records, scaling
+from sae.slices import Slices, row_length
+from sae.sweep import collectives, model, records, scaling
 
 TINY = load_config("tiny_sweep")["sweep"]
 # Timing rules, each with its one-rank variant (a plain process, not an MPI job).
 TIMING_RULES = {"sweep_train", "sweep_train_one_rank", "sweep_collectives", "sweep_collectives_one_rank"}
+TIMING_RULES |= {"sweep_optimizer"}  # one process on one core
 
 
 def sweep_config(folder, name, sweep_section, images=True):
@@ -148,6 +152,8 @@ def test_breakdown_parts_add_up_to_the_loop():
 
 def test_tree_steps_and_whole_blocks():
     assert list(model.tree_steps([1, 2, 3, 4, 5, 16, 17])) == [0, 1, 2, 2, 3, 4, 5]
+    # MPICH: recursive doubling below 512 KiB, a ring of p - 1 steps beyond
+    assert list(model.steps([2, 16, 16], [1000, 500_000, 600_000])) == [1, 4, 15]
     # 1000 rows = 8 blocks of 128 (the last 104 rows): 2 ranks hold 4 blocks, 16 ranks 1 block.
     assert list(model.busiest_rows(1000, [1, 2, 3, 16], 128)) == [1000, 512, 384, 128]
 
@@ -155,15 +161,14 @@ def test_tree_steps_and_whole_blocks():
 def synthetic(
     truth, ranks=(1, 2, 4, 8), sizes=(10_000, 40_000, 160_000), hidden=(25, 100), scales=(0.25, 1, 4)
 ):
-    """Runs and a benchmark generated exactly by the model with parameters ``truth``."""
+    """Runs and the two benchmarks generated exactly by the model with parameters ``truth``."""
     runs = []
     for h in hidden:
-        terms = model.per_evaluation(truth, h)
         for p in ranks:
+            terms = model.per_evaluation(truth, h, p)
             for n in sizes:
                 e = 400 + n // 10_000 + h
                 rows = float(model.busiest_rows(n, p, 128))
-                comm = float(model.comm_time(truth, p, h))
                 compute = e * (terms["compute_per_patch"] * rows + terms["compute_fixed"])
                 optimizer = e * terms["optimizer"]
                 runs.append(
@@ -172,7 +177,7 @@ def synthetic(
                         n,
                         hidden=h,
                         evaluations=e,
-                        loop=compute + e * comm + optimizer,
+                        loop=compute + e * terms["communication"] + optimizer,
                         compute_seconds_max=compute,
                         compute_seconds_mean=compute,
                         optimizer_seconds_max=optimizer,
@@ -182,11 +187,19 @@ def synthetic(
     bench = []
     for p in ranks:
         for s in scales:
-            nbytes = s * float(model.buffer_bytes(8, 25))
-            steps = float(model.tree_steps(p))
-            seconds = steps * (2 * truth["alpha"] + truth["beta"] * nbytes) + 1e-7 * (p == 1)
-            bench.append({"ranks": p, "scale": s, "bytes": nbytes, "seconds": seconds})
-    return runs, bench
+            point, totals, rows = collectives.buffers(64, 25, p, s)
+            nbytes = [8.0 * point, 8.0 * totals, 8.0 * rows]
+            seconds = sum(
+                model.steps(p, b) * truth["alpha"] + (p - 1) / p * b * truth["beta"] for b in nbytes
+            )
+            bench.append({"ranks": p, "scale": s, "point_doubles": point, "sums_doubles": totals,
+                          "rows_doubles": rows, "seconds": float(seconds) + 1e-7 * (p == 1)})  # fmt: skip
+    optimizer = [
+        {"hidden": h, "slices": k, "values": k * 8, "seconds": truth["optimizer_fixed"]
+         + truth["optimizer_per_value"] * k * 8}
+        for h in hidden for k in (1, 2, 4, 8)
+    ]  # fmt: skip
+    return runs, bench, optimizer
 
 
 TRUTH = {
@@ -196,8 +209,8 @@ TRUTH = {
     "compute_per_patch": 3e-8,
     "compute_fixed_param": 2e-8,
     "compute_fixed": 2e-5,
-    "optimizer_per_param": 5e-8,
     "optimizer_fixed": 4e-5,
+    "optimizer_per_value": 5e-9,
     "load_per_patch": 1e-6,
     "load_fixed": 2e-3,
     "alpha": 3e-6,
@@ -205,21 +218,31 @@ TRUTH = {
 }
 
 
-def test_model_size_terms_are_the_buffers_and_parameter_count():
+def test_model_terms_are_the_buffers_and_the_busiest_ranks_slices():
     assert model.parameters(8, [25, 100]).tolist() == [
         objective.n_params(64, 25),
         objective.n_params(64, 100),
     ]
-    assert float(model.buffer_bytes(8, 25)) == 8.0 * (
-        objective.Sums(64, 25).size + objective.n_params(64, 25) + 1
+    slices, sums = Slices(objective.n_params(64, 25)), objective.Sums(64, 25)
+    point, totals, rows = model.buffer_bytes(8, 25, 4)
+    assert float(point) == 8.0 * slices.padded
+    assert (
+        float(totals)
+        == 8.0 * (3 * 64 * 25 + 2 * 25 + 64 + 4 * (25 + 64))
+        == 8.0 * (sums.position(slices.size) + 4 * sums.global_index().size)
     )
-    terms = model.per_evaluation(TRUTH, 100)
-    assert terms["optimizer"] == pytest.approx(5e-8 * objective.n_params(64, 100) + 4e-5)
+    assert float(rows) == 8.0 * (slices.count + 4) * row_length()
+    assert (point, totals, rows) == tuple(8.0 * b for b in collectives.buffers(64, 25, 4))
+    # 59 slices of 56: the busiest of 16 ranks owns 4
+    assert (slices.count, slices.length) == (59, 56)
+    assert float(model.optimizer_values(8, 25, 16)) == 4 * 56
+    terms = model.per_evaluation(TRUTH, 25, 16)
+    assert terms["optimizer"] == pytest.approx(4e-5 + 5e-9 * 4 * 56)
 
 
 def test_fit_recovers_the_parameters_that_made_the_data():
-    runs, bench = synthetic(TRUTH)
-    fit = model.fit_model(runs, bench)
+    runs, bench, optimizer = synthetic(TRUTH)
+    fit = model.fit_model(runs, bench, optimizer)
     for key, value in TRUTH.items():
         assert fit[key] == pytest.approx(value, rel=1e-6), key
     assert fit["benchmark_ranks"] == [1, 2, 4, 8] and fit["hidden"] == [25, 100]
@@ -227,7 +250,7 @@ def test_fit_recovers_the_parameters_that_made_the_data():
     for check in model.validation(fit, runs):
         assert abs(check["relative_error"]) < 1e-6
     with pytest.raises(SaeError, match="different side"):
-        model.fit_model([*runs, run_row(1, 1000, side=10)], bench)
+        model.fit_model([*runs, run_row(1, 1000, side=10)], bench, optimizer)
 
 
 def test_model_predictions_behave():
@@ -242,14 +265,16 @@ def test_model_predictions_behave():
         sum(parts[k] for k in ("load", "compute", "communication", "optimizer"))
     )
     assert parts["optimizer"] > model.predict(fit, 8, 1e6, 25)["optimizer"]  # grows with the model
+    assert parts["optimizer"] < model.predict(fit, 1, 1e6, 100)["optimizer"]  # shrinks with the ranks
     assert model.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
 
 
 def test_without_a_multi_rank_benchmark_communication_is_free():
-    assert model.fit_collectives([{"ranks": 1, "scale": 1.0, "bytes": 100.0, "seconds": 1e-6}]) == (0.0, 0.0)
+    row = {"ranks": 1, "scale": 1.0, "point_doubles": 10, "sums_doubles": 10, "rows_doubles": 10}
+    assert model.fit_collectives([{**row, "seconds": 1e-6}]) == (0.0, 0.0)
 
 
-# --- The collectives benchmark on real MPI ranks --------------------------------------------------
+# --- The benchmarks on real MPI ranks and one core ------------------------------------------------
 
 
 def test_collectives_benchmark_times_the_models_buffers_on_two_ranks(tmp_path):
@@ -260,9 +285,10 @@ def test_collectives_benchmark_times_the_models_buffers_on_two_ranks(tmp_path):
     rows = records.read_csv(out, records.COLLECTIVE_COLUMNS)
     assert [r["scale"] for r in rows] == [0.5, 1.0]
     one = rows[1]
-    assert one["reduce_doubles"] == objective.Sums(64, 25).size
-    assert one["bcast_doubles"] == objective.n_params(64, 25) + 1
-    assert one["bytes"] == 8 * (one["reduce_doubles"] + one["bcast_doubles"])
+    slices, sums = Slices(objective.n_params(64, 25)), objective.Sums(64, 25)
+    assert one["point_doubles"] == slices.padded
+    assert one["sums_doubles"] == sums.position(slices.size) + 2 * (25 + 64)
+    assert one["rows_doubles"] == (slices.count + 2) * row_length()
     assert all(r["ranks"] == 2 and 0 < r["seconds_min"] <= r["seconds"] < 1 for r in rows)
     bad = mpirun(
         2,
@@ -277,6 +303,20 @@ def test_collectives_benchmark_times_the_models_buffers_on_two_ranks(tmp_path):
         check=False,
     )
     assert bad.returncode != 0 and "error: --scales must include 1" in bad.stderr
+
+
+def test_optimizer_benchmark_times_one_ranks_step_against_its_slices(tmp_path):
+    out = tmp_path / "o.csv"
+    run([sys.executable, SCRIPTS / "sweep_optimizer.py", "--side", 8, "--hidden", 25, 100,
+         "--evaluations", 40, "--", out])  # fmt: skip
+    rows = records.read_csv(out, records.OPTIMIZER_COLUMNS)
+    for h, count, length in ((25, 59, 56), (100, 63, 208)):
+        mine = [r for r in rows if r["hidden"] == h]
+        assert [r["slices"] for r in mine] == [1, 2, 4, 8, 16, 32, count]
+        assert all(r["values"] == r["slices"] * length for r in mine)
+        assert all(0 < r["seconds_min"] <= r["seconds"] < 0.1 for r in mine)
+    fixed, per_value = model.fit_optimizer(rows)
+    assert fixed > 0 and per_value > 0  # a rank with more values takes longer
 
 
 # --- A tiny real sweep with Snakemake ------------------------------------------------------------
@@ -313,7 +353,7 @@ def tiny_sweep(tmp_path_factory):
 def test_tiny_sweep_writes_every_output(tiny_sweep):
     folder, _ = tiny_sweep
     out = folder / "results" / "sweep"
-    for name in ("runtimes.csv", "runtimes.md", "scaling.csv", "model.json"):
+    for name in ("runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "optimizer.csv"):
         assert (out / name).stat().st_size > 0, name
     for name in ("speedup.png", "efficiency.png", "breakdown.png", "model.png"):
         png = matplotlib.image.imread(out / name)
@@ -381,7 +421,7 @@ def test_tiny_sweep_model_is_fitted(tiny_sweep):
     assert len(fit["validation"]) == len(TINY["ranks"]) * len(TINY["hidden"]) * len(TINY["sizes"])
     # the report's largest point and the rule's max-ranks x max-samples, for each model size
     assert [(p["hidden"], p["ranks"], p["samples"]) for p in fit["predictions"]] == [
-        (h, p, n) for h in TINY["hidden"] for p, n in ((16, 160000), (1024, 10**8))
+        (h, p, n) for h in TINY["hidden"] for p, n in ((16, 10000), (16, 160000), (1024, 10**8))
     ]
 
 
@@ -391,7 +431,8 @@ def test_timing_jobs_run_one_at_a_time_on_as_many_cores_as_ranks(tiny_sweep):
     events = job_events(proc.stderr)
     rules = {jobid: rule for kind, jobid, rule, _ in events if kind == "start"}
     assert sorted(r for r in rules.values() if r in TIMING_RULES) == sorted(
-        ["sweep_collectives", "sweep_collectives_one_rank"] + ["sweep_train", "sweep_train_one_rank"] * 4
+        ["sweep_collectives", "sweep_collectives_one_rank", "sweep_optimizer"]
+        + ["sweep_train", "sweep_train_one_rank"] * 4
     )
     running, most = set(), 0
     for kind, jobid, rule, _ in events:
@@ -447,7 +488,7 @@ def test_report_after_the_sweep_holds_its_figures_and_tables_with_their_numbers(
         folder, "-s", REPO / "Snakefile", "--configfile", "tiny.yaml", "--report", "results/report.html"
     )
     added = re.findall(r"^Adding (\S+) \(", proc.stderr, re.M)
-    tables = ["runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "p1.csv", "p2.csv"]
+    tables = ["runtimes.csv", "runtimes.md", "scaling.csv", "model.json", "p1.csv", "p2.csv", "optimizer.csv"]
     figures = ["speedup.png", "efficiency.png", "breakdown.png", "model.png"]
     # The main job did not run here: no filters or training curve, and no error for them.
     assert sorted(added) == sorted(tables + figures)

@@ -10,6 +10,7 @@ ENTRY_SCRIPTS = [
     "plot_filters.py",
     "plot_training.py",
     "sweep_collectives.py",
+    "sweep_optimizer.py",
     "sweep_runtimes.py",
     "sweep_report.py",
     "sweep_model.py",
@@ -36,6 +37,7 @@ PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "sweep/scaling.py",
     "sweep/model.py",
     "sweep/collectives.py",
+    "sweep/optimizer.py",
     "sweep/plots.py",
 ]
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")

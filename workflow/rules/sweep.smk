@@ -1,7 +1,8 @@
 # Scaling sweep: `snakemake --cores 2 sweep` times the MPI training over config
 # `sweep` (ranks x hidden units x sizes x repeats) and writes results/sweep/: runtimes.csv,
 # runtimes.md, scaling.csv, speedup.png, efficiency.png, breakdown.png, model.png
-# and model.json. Timing runs train as rule `train` does, without checkpoints.
+# and model.json, with the benchmarks the model is fitted to (collectives/, optimizer.csv).
+# Timing runs train as rule `train` does, without checkpoints.
 #
 # Timing runs must not share cores: each holds one `sweep_timing` unit, and the
 # workflow profile (profiles/default/config.yaml) limits them to 1 at a time.
@@ -125,6 +126,34 @@ use rule sweep_collectives as sweep_collectives_one_rank with:
         sweep_timing=1,
 
 
+rule sweep_optimizer:
+    output:
+        report(
+            "results/sweep/optimizer.csv",
+            caption="../report/sweep_optimizer.rst",
+            category="Scaling",
+            subcategory="Tables",
+            labels={"table": "optimizer benchmark"},
+        ),
+    log:
+        "results/logs/sweep/optimizer.log",
+    conda:
+        "../envs/sae.yaml"
+    threads: 1
+    resources:
+        sweep_timing=1,
+    params:
+        side=config["patches"]["side"],
+        hidden=SWEEP["hidden"],
+        evaluations=200,
+    shell:
+        logged(
+            f"python {script('sweep_optimizer.py')}"
+            " --side {params.side:q} --hidden {params.hidden:q} --evaluations {params.evaluations:q}"
+            " -- {output:q}"
+        )
+
+
 rule sweep_runtimes:
     input:
         SWEEP_RUNS,
@@ -201,6 +230,7 @@ rule sweep_report:
 rule sweep_model:
     input:
         runtimes="results/sweep/runtimes.csv",
+        optimizer="results/sweep/optimizer.csv",
         collectives=expand(
             "results/sweep/collectives/p{ranks}.csv", ranks=SWEEP["ranks"]
         ),
@@ -227,14 +257,14 @@ rule sweep_model:
     params:
         max_ranks=1024,
         max_samples=10**8,
-        predict_at=[16, 160000],  # the report's largest point
+        predict_at=[16, 10000, 16, 160000],  # (ranks, patches): the report's 16 processes
     shell:
         logged(
             f"python {script('sweep_model.py')}"
             " --fit {output.fit:q} --plot {output.plot:q}"
             " --max-ranks {params.max_ranks:q} --max-samples {params.max_samples:q}"
             " --predict-at {params.predict_at:q}"
-            " -- {input.runtimes:q} {input.collectives:q}"
+            " -- {input.runtimes:q} {input.optimizer:q} {input.collectives:q}"
         )
 
 

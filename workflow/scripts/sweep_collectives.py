@@ -1,4 +1,4 @@
-"""Rule sweep_collectives: time one evaluation's Bcast + Reduce on the model's buffers.
+"""Rule sweep_collectives: time one evaluation's three collectives on the model's buffers.
 
 Launch with ``mpiexec -n RANKS python sweep_collectives.py ...``; rank 0 writes
 one CSV row per buffer scale (1 = the model's buffers) for the performance model.
@@ -27,7 +27,7 @@ def body():
     parser.add_argument(
         "--scales", type=float, nargs="+", required=True, help="buffer sizes, 1 = the model's"
     )
-    parser.add_argument("--repeats", type=int, required=True, help="timed Bcast + Reduce pairs per scale")
+    parser.add_argument("--repeats", type=int, required=True, help="timed evaluations per scale")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if 1.0 not in args.scales:
@@ -41,8 +41,8 @@ def body():
     rows = collectives.as_rows(COMM.size, args.scales, timings)
     for r in rows:
         print(
-            f"{COMM.size} ranks, scale {r['scale']:g}: Bcast {r['bcast_doubles']} + Reduce "
-            f"{r['reduce_doubles']} doubles: {r['seconds'] * 1e6:.1f} us"
+            f"{COMM.size} ranks, scale {r['scale']:g}: Allgatherv {r['point_doubles']}, Reduce_scatter "
+            f"{r['sums_doubles']}, Allgatherv {r['rows_doubles']} doubles: {r['seconds'] * 1e6:.1f} us"
             f" (fastest {r['seconds_min'] * 1e6:.1f} us)"
         )
     records.write_csv(args.out, rows, records.COLLECTIVE_COLUMNS)

@@ -1,4 +1,4 @@
-"""Rule sweep_model: fit the performance model to the runs and the collectives benchmark, and plot it."""
+"""Rule sweep_model: fit the performance model to the runs and the two benchmarks, and plot it."""
 
 import argparse
 
@@ -10,6 +10,7 @@ def body():
     # This script's interface, spelled out here on purpose (see sae.cli): no shared parser.
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runtimes", help="runtimes.csv to read")
+    parser.add_argument("optimizer", help="the optimizer benchmark's CSV")
     parser.add_argument("collectives", nargs="+", help="collectives benchmark CSVs, one per rank count")
     parser.add_argument("--fit", required=True, help="model.json to write (parameters, validation)")
     parser.add_argument("--plot", required=True, help="model.png to write")
@@ -18,17 +19,21 @@ def body():
     parser.add_argument(
         "--predict-at",
         type=float,
-        nargs=2,
-        metavar=("RANKS", "SAMPLES"),
+        nargs="+",
+        metavar="RANKS SAMPLES",
         required=True,
-        help="a point to predict, besides (max-ranks, max-samples)",
+        help="points to predict (pairs of ranks and samples), besides (max-ranks, max-samples)",
     )
     args = parser.parse_args()
     runs = records.read_csv(args.runtimes, records.RUN_COLUMNS)
     bench = [row for path in args.collectives for row in records.read_csv(path, records.COLLECTIVE_COLUMNS)]
-    fit = model.fit_model(runs, bench)
+    optimizer = records.read_csv(args.optimizer, records.OPTIMIZER_COLUMNS)
+    fit = model.fit_model(runs, bench, optimizer)
     checks = model.validation(fit, runs)
-    points = [tuple(args.predict_at), (args.max_ranks, args.max_samples)]
+    if len(args.predict_at) % 2:
+        parser.error("--predict-at takes pairs RANKS SAMPLES")
+    pairs = zip(args.predict_at[0::2], args.predict_at[1::2], strict=True)
+    points = [*pairs, (args.max_ranks, args.max_samples)]
     predictions = [
         {"hidden": h, "ranks": int(p), "samples": int(n), "speedup": float(s), "efficiency": float(e)}
         for h in fit["hidden"]

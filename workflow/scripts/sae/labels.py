@@ -80,20 +80,22 @@ def breakdown(runtimes_csv) -> dict:
 
 
 def model(model_json) -> dict:
-    """The fitted performance model at its largest model size, its worst validation error, a prediction."""
+    """The fitted performance model at its largest model size, its worst validation error, and its
+    predictions there (but the last: the model plot's far corner)."""
     fit = json.loads(Path(model_json).read_text())
     m, checks = fit["model"], fit["validation"]
     h = max(m["hidden"])
-    terms = sweep_model.per_evaluation(m, h)
+    terms = sweep_model.per_evaluation(m, h, 1)
     worst = max((abs(c["relative_error"]) for c in checks), default=0.0)
     text = (
         f"at h = {h}: c = {1e9 * terms['compute_per_patch']:.0f} ns per patch and evaluation,"
-        f" t_opt = {1e6 * terms['optimizer']:.0f} µs; α = {1e6 * m['alpha']:.2f} µs,"  # noqa: RUF001
+        f" t_opt = {1e6 * terms['optimizer']:.0f} µs on one rank; α = {1e6 * m['alpha']:.2f} µs,"  # noqa: RUF001
         f" β = {1e9 * m['beta']:.3f} ns/byte; measured loops within ±{100 * worst:.1f}%"
     )
-    for r in [r for r in fit.get("predictions", []) if r["hidden"] == h][:1]:  # the report's largest point
-        text += (
-            f"; predicted speedup {r['speedup']:.1f} on {_n(r['ranks'])} ranks"
-            f" ({_problem(r['hidden'], r['samples'])})"
-        )
+    said = [
+        f"{r['speedup']:.1f} on {_n(r['ranks'])} ranks ({_problem(r['hidden'], r['samples'])})"
+        for r in [r for r in fit.get("predictions", []) if r["hidden"] == h][:-1]
+    ]
+    if said:
+        text += "; predicted speedup " + ", ".join(said)
     return {"figure": "performance model", "measured": text}

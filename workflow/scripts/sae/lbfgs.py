@@ -59,6 +59,8 @@ import math
 import numpy as np
 from numba import njit
 
+from .slices import GD, GG, F, Y, row_length
+
 NAME = "lbfgs-compact-wolfe-sliced"
 VERSION = 3  # of this algorithm and its state's layout; part of every checkpoint's fingerprint
 EPS = float(np.finfo(np.float64).eps)
@@ -77,16 +79,6 @@ SCALARS = (
 )  # fmt: skip
 INTS = {"phase", "iterations", "evaluations", "stop", "line_evals"}
 ARRAYS = ("x", "g", "d", "xt", "pairs")  # split in slices; sy, yy and order are every rank's alike
-
-# Columns of one slice's row of partial sums: the caller's share of f, g_trial . d,
-# g_trial . g_trial, then every pair row r (s of slot i: r = 2i, y: 2i + 1) against y
-# (column Y + r) and against g_trial (column Y + 2 memory + r).
-F, GD, GG, Y = 0, 1, 2, 3
-
-
-def columns(memory: int) -> int:
-    """Partial sums per slice, for ``memory`` pairs."""
-    return Y + 4 * memory
 
 
 class LBFGS:
@@ -139,8 +131,8 @@ class LBFGS:
         self.f = self.gg = self.dg0 = self.t = math.nan
         self.t_lo = self.f_lo = self.dg_lo = self.t_hi = self.f_hi = self.dg_hi = math.nan
         self.line_evals = 0
-        self.partials = np.zeros((n // length, columns(m)))
-        self._totals = np.empty(columns(m))
+        self.partials = np.zeros((n // length, row_length(m)))
+        self._totals = np.empty(row_length(m))
         self._rows = np.arange(n // length)
         self.combine = combine if combine is not None else self._sum_local
         self._coef = np.empty(2 * m + 1)  # scratch: -H g's coefficients for the kept rows, then g

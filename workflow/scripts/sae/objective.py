@@ -38,7 +38,6 @@ ranks and in whatever order they are added.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit  # the reference's sigmoid
 
 
 def n_params(v: int, h: int) -> int:
@@ -292,6 +291,8 @@ def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: flo
     Patches are columns here, as in the notes. The readable specification:
     the oracle for the tests and the baseline for the benchmarks.
     """
+    from scipy.special import expit  # here: the workflow imports this module, scipy.special is slow to load
+
     data = x.T
     v, n = data.shape
     w1, w2, b1, b2 = unpack(theta, v, h)

@@ -29,7 +29,7 @@ from .cli import error_line, flush_logs
 from .gradient import gradient_slices
 from .lbfgs import sum_rows
 from .objective import BlockKernel, n_params
-from .slices import Slices
+from .slices import Slices, row_length
 
 TIMEOUT_ENV, DEFAULT_TIMEOUT = "SAE_MPI_TIMEOUT", 300.0  # seconds one collective may wait
 HOST_BYTES = 256  # a host name's bytes in gather_hosts (Linux allows 64)
@@ -121,7 +121,7 @@ class DistributedObjective:
     collective_timeout() seconds.
     """
 
-    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lambda_, beta, columns, request):
+    def __init__(self, comm, blocks, n_total, v, h, block_size, dtype, rho, lambda_, beta, memory, request):
         self.comm, self.blocks, self.n_total, self.v, self.h = comm, blocks, n_total, v, h
         self.hyper = (rho, lambda_, beta)
         self.kernel = BlockKernel(v, h, block_size, dtype)
@@ -158,6 +158,7 @@ class DistributedObjective:
         self.units = np.empty(sums.size)
         self.f_parts = np.empty(self.hi // length - self.lo // length)
         # 3. the optimizer's rows: each rank's slices, then its stop row
+        columns = row_length(memory)
         counts = [(b - a + 1) * columns for a, b in owned]
         starts = np.cumsum([0, *counts])
         self.shared = np.zeros(starts[-1])

@@ -17,6 +17,18 @@ import numpy as np
 
 MAX_SLICES = 64  # slices of a vector (fewer for short ones); part of the optimizer's definition
 LANE = 8  # a slice's length is a multiple of this
+MEMORY = 5  # curvature pairs the optimizer keeps (L-BFGS's m), 2 rows of each vector's length
+
+# Each slice gives one row of partial sums per evaluation (sae.lbfgs fills its rows, and
+# the ranks' rows are summed over all slices in slice order): F, the objective's share of
+# f; GD, g_trial . d; GG, g_trial . g_trial; then from Y on, every pair row r (s of pair i:
+# r = 2i, y: 2i + 1) against y, then every pair row against g_trial.
+F, GD, GG, Y = 0, 1, 2, 3
+
+
+def row_length(memory: int = MEMORY) -> int:
+    """Values in one slice's row of partial sums, for ``memory`` pairs."""
+    return Y + 4 * memory
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,13 @@ from .parallel import (
     ranks_on_hosts,
     shard,
 )
-from .slices import MAX_SLICES
+from .slices import MAX_SLICES, MEMORY
 
 log = logging.getLogger("sae.train")
 
 HYPERPARAMETERS = ("hidden", "rho", "lambda", "beta", "iterations", "seed", "block_size", "precision")
 READ_ROWS = 8192  # rows per hyperslab read when the shard is loaded whole
-OPTIMIZER_SETTINGS = {"memory": 5}  # lbfgs.LBFGS's (the rest are its defaults); README: training speed
+OPTIMIZER_SETTINGS = {"memory": MEMORY}  # lbfgs.LBFGS's (the rest are its defaults)
 
 
 class Interrupted(SaeError):
@@ -319,7 +319,7 @@ def set_up_objective(comm, blocks, n_total: int, hp: dict, job: Job, request) ->
     """Every rank: J and its gradient over all ranks' patches, for the optimizer on its slices."""
     return DistributedObjective(
         comm, blocks, n_total, job.side**2, hp["hidden"], hp["block_size"], np.dtype(hp["precision"]),
-        hp["rho"], hp["lambda"], hp["beta"], lbfgs.columns(OPTIMIZER_SETTINGS["memory"]), request,
+        hp["rho"], hp["lambda"], hp["beta"], OPTIMIZER_SETTINGS["memory"], request,
     )  # fmt: skip
 
 

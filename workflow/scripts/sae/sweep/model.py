@@ -2,41 +2,49 @@
 
 Derivation. A run loads its rows, then repeats one evaluation E(h) times (E does not
 depend on p: the model is rank-invariant; it does depend on the problem, h). The model
-has P(h) = 2 v h + v + h parameters (v = side² inputs). In one evaluation every rank
-computes the sums of its own rows, then the ranks exchange two fixed-size buffers, then
-rank 0 runs the optimizer's step while the others wait:
+has P(h) = 2 v h + v + h parameters (v = side² inputs), cut into ``count`` slices of L
+values (sae.slices; both follow from P alone). In one evaluation every rank computes the
+sums of its own rows, the ranks exchange three buffers, and every rank takes the
+optimizer's step on its own slices:
 
   * compute: the busiest rank decides, with n(p, N) rows (patches are dealt out in
     whole blocks of ``block_size``, so n = block_size * ceil(ceil(N / block_size) / p),
     at most N), at c(P) per row plus a fixed c0(P) (setting the parameters); both
     grow linearly with the model: c(P) = c_P P + c_1, c0(P) = c0_P P + c0_1;
-  * communication: a Bcast of the parameters and a Reduce of the sums, each a binomial
-    tree of ceil(log2 p) steps, a step costing alpha + beta * bytes:
-        t_comm(p, h) = ceil(log2 p) * (2 alpha + beta * m(h)),
-    m(h) = 8 bytes * (P + 1 + the sums' length): the buffers' exact size, not fitted;
-  * optimizer: t_opt(P) = t_P P + t_1 per evaluation, serial on rank 0 (L-BFGS works
-    on vectors of length P).
+  * communication: three collectives, each rank receiving (p - 1)/p of each buffer's
+    B bytes in s(p, B) steps of alpha + beta * bytes:
+        an Allgatherv of the trial point          B = 8 count L,
+        a Reduce_scatter of the sums by parameter B = 8 (S + p g),
+        an Allgatherv of the per-slice rows       B = 8 (count + p) K,
+    S the sums' length, g the totals every rank needs, K a row's length (exact, not
+    fitted). MPICH uses recursive doubling (halving, for the Reduce_scatter) below
+    512 KiB, s = ceil(log2 p) steps, and a ring (pairwise exchange) beyond, s = p - 1:
+        t_comm(p, h) = sum over the three of  s(p, B) alpha + (p - 1)/p B beta;
+  * optimizer: every rank's step on its slices, the busiest owning k(p) = ceil(count / p)
+    slices, e(p, h) = k(p) L values: t_opt(e) = t_1 + t_e e, fitted to the optimizer
+    benchmark (sae.sweep.optimizer: one rank's step alone, against the values it owns).
 
 Hence
 
-    T(p, N, h) = load(p, N) + E(h) * (c(P) n(p, N) + c0(P) + t_comm(p, h) + t_opt(P)),
+    T(p, N, h) = load(p, N) + E(h) * (c(P) n(p, N) + c0(P) + t_comm(p, h) + t_opt(e(p, h))),
 
 with load(p, N) = load0 + load1 * n(p, N) (each rank reads its own rows). Speedup is
-T(1, N, h) / T(p, N, h) and efficiency speedup / p. More hidden units raise compute
-(∝ P n) and the serial step and the messages (∝ P) alike, so the ratio that limits
-efficiency changes only through the fixed parts (latency alpha, c0_1, t_1) and
-through how the measured t_P compares with c_P n.
+T(1, N, h) / T(p, N, h) and efficiency speedup / p. On many ranks the compute shrinks as
+1/p down to one block, the optimizer to one slice, and what stays is c0, the steps'
+latency (3 ceil(log2 p) alpha) and the fixed part of the optimizer, t_1.
 
-Fitted: c and c0 and t_opt from the timed runs (compute seconds of the slowest rank and
-rank 0's optimizer seconds, per evaluation, against n and P), the load terms from the
-single-process runs (on more ranks the measured load also holds the ranks' start-up
-skew), alpha and beta from the collectives microbenchmark (``collectives``) at the
-sweep's rank counts, all by non-negative least squares of the relative error. With one
-hidden size the split of each term into its P and fixed parts is not determined (any
+Fitted: c and c0 from the timed runs (compute seconds of the slowest rank per evaluation,
+against n and P), the load terms from the single-process runs (on more ranks the measured
+load also holds the ranks' start-up skew), alpha and beta from the collectives
+microbenchmark (``collectives``) at the sweep's rank counts, t_1 and t_e from the
+optimizer benchmark, all by non-negative least squares of the relative error. With one
+hidden size the split of c and c0 into their P and fixed parts is not determined (any
 split fits); predictions at the measured hidden sizes are.
 
-Assumed: no cache or memory effects beyond what was measured, no OS noise, no waiting
-for stragglers; the collectives are the trees above, with this machine's alpha and beta.
+Assumed: no cache or memory effects beyond what was measured (so measure one rank on
+the share of a rank count to predict, e.g. 625 patches for 16 ranks at 10,000), no OS
+noise, no waiting for stragglers; the collectives are the algorithms above, with this
+machine's alpha and beta.
 """
 
 from __future__ import annotations
@@ -44,18 +52,26 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import nnls
 
 from .. import SaeError, h5io
 from ..objective import Sums, n_params
-from .records import DOUBLE
+from ..slices import Slices, row_length
 from .scaling import scaling
+
+DOUBLE = 8  # bytes of one value in the collectives' buffers (float64)
+LONG_MESSAGE = 512 * 1024  # bytes from which MPICH's allgather and reduce-scatter take p - 1 steps
 
 
 def tree_steps(p):
-    """ceil(log2 p): the steps of a binomial-tree Bcast or Reduce over p ranks (0 for p = 1)."""
+    """ceil(log2 p): the steps of recursive doubling or halving over p ranks (0 for p = 1)."""
     p = np.asarray(p, dtype=np.float64)
     return np.ceil(np.log2(np.maximum(p, 1.0)))
+
+
+def steps(p, nbytes):
+    """Steps of one allgather or reduce-scatter of ``nbytes`` in all over p ranks (MPICH's choice)."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.where(np.asarray(nbytes) < LONG_MESSAGE, tree_steps(p), p - 1.0)
 
 
 def busiest_rows(n, p, block_size: int):
@@ -68,35 +84,82 @@ def busiest_rows(n, p, block_size: int):
 
 def _fit_relative(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Non-negative least squares minimizing the relative error of ``design @ x`` to ``target``."""
+    # Imported here: every Snakemake run imports this module (the report's labels, sae.labels),
+    # and scipy.optimize takes most of a second to import.
+    from scipy.optimize import nnls
+
     scale = 1.0 / np.maximum(np.abs(target), 1e-300)
     x, _ = nnls(design * scale[:, None], target * scale)
     return x
 
 
-def fit_collectives(bench: list[dict]) -> tuple[float, float]:
-    """(alpha seconds, beta seconds/byte) of t = ceil(log2 p) (2 alpha + beta bytes), p > 1.
+def _comm_design(p, buffers_bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, bytes received) of one evaluation's collectives: the alpha and beta columns."""
+    p = np.asarray(p, dtype=np.float64)
+    total_steps = sum(steps(p, b) for b in buffers_bytes)
+    received = (p - 1.0) / np.maximum(p, 1.0) * sum(np.asarray(b, dtype=np.float64) for b in buffers_bytes)
+    return total_steps, received
 
-    bench: rows of COLLECTIVE_COLUMNS; ``bytes`` are the Bcast's plus the Reduce's.
-    Returns (0, 0) without a multi-process measurement.
+
+def fit_collectives(bench: list[dict]) -> tuple[float, float]:
+    """(alpha seconds, beta seconds/byte) of the collectives benchmark's rows on p > 1 ranks.
+
+    bench: rows of COLLECTIVE_COLUMNS. Returns (0, 0) without a multi-process measurement.
     """
     rows = [r for r in bench if r["ranks"] > 1]
     if not rows:
         return 0.0, 0.0
-    steps = tree_steps([r["ranks"] for r in rows])
-    design = np.column_stack([2.0 * steps, steps * np.array([r["bytes"] for r in rows])])
+    p = [r["ranks"] for r in rows]
+    columns = ("point_doubles", "sums_doubles", "rows_doubles")
+    buffers_bytes = [np.array([DOUBLE * r[k] for r in rows], dtype=np.float64) for k in columns]
+    design = np.column_stack(_comm_design(p, buffers_bytes))
     alpha, beta = _fit_relative(design, np.array([r["seconds"] for r in rows]))
     return float(alpha), float(beta)
 
 
+def fit_optimizer(rows: list[dict]) -> tuple[float, float]:
+    """(t_1 seconds, t_e seconds per value) of the optimizer benchmark's rows (sae.sweep.optimizer)."""
+    if not rows:
+        raise SaeError("no optimizer benchmark rows")
+    values = np.array([r["values"] for r in rows], dtype=np.float64)
+    fixed, per_value = _fit_relative(
+        np.column_stack([np.ones_like(values), values]), np.array([r["seconds"] for r in rows])
+    )
+    return float(fixed), float(per_value)
+
+
+def _vectorized(fn, hidden):
+    return np.vectorize(lambda h: fn(int(h)), otypes=[np.float64])(hidden)
+
+
 def parameters(side: int, hidden) -> np.ndarray:
     """P, the model's parameter count (W1, W2, b1, b2) for v = side**2 inputs and ``hidden`` units."""
-    return np.vectorize(lambda h: n_params(side * side, int(h)), otypes=[np.float64])(hidden)
+    return _vectorized(lambda h: n_params(side * side, h), hidden)
 
 
-def buffer_bytes(side: int, hidden) -> np.ndarray:
-    """m, the bytes of one evaluation's Bcast (parameters and command word) plus Reduce (sums)."""
-    sums = np.vectorize(lambda h: Sums(side * side, int(h)).size, otypes=[np.float64])(hidden)
-    return DOUBLE * (parameters(side, hidden) + 1.0 + sums)
+def buffer_bytes(side: int, hidden, p) -> list[np.ndarray]:
+    """B of one evaluation's three buffers on p ranks: the point, the sums, the per-slice rows."""
+    v = side * side
+
+    def sizes(h):
+        slices, sums = Slices(n_params(v, h)), Sums(v, h)
+        return slices.padded, sums.position(slices.size), sums.global_index().size, slices.count
+
+    padded, totals, glob, count = (_vectorized(lambda h, i=i: sizes(h)[i], hidden) for i in range(4))
+    p = np.asarray(p, dtype=np.float64)
+    return [
+        DOUBLE * padded * np.ones_like(p),
+        DOUBLE * (totals + p * glob),
+        DOUBLE * (count + p) * row_length(),
+    ]
+
+
+def optimizer_values(side: int, hidden, p) -> np.ndarray:
+    """e(p, h): the values of the busiest rank's slices."""
+    v = side * side
+    count = _vectorized(lambda h: Slices(n_params(v, h)).count, hidden)
+    length = _vectorized(lambda h: Slices(n_params(v, h)).length, hidden)
+    return np.ceil(count / np.asarray(p, dtype=np.float64)) * length
 
 
 def _unique(runs: list[dict], key: str) -> int:
@@ -106,8 +169,8 @@ def _unique(runs: list[dict], key: str) -> int:
     return int(values.pop())
 
 
-def fit_model(runs: list[dict], bench: list[dict]) -> dict:
-    """Fit the performance model (see the module docstring) to the timed runs and the benchmark.
+def fit_model(runs: list[dict], bench: list[dict], optimizer: list[dict]) -> dict:
+    """Fit the performance model (see the module docstring) to the timed runs and the two benchmarks.
 
     Returns plain numbers (JSON-ready); ``evaluations`` maps str(hidden) to the median E.
     """
@@ -120,14 +183,13 @@ def fit_model(runs: list[dict], bench: list[dict]) -> dict:
     ones = np.ones_like(rows)
     compute = np.array([r[h5io.timing_attr("compute", "max")] for r in runs]) / e
     c_param, c_patch, c0_param, c0 = _fit_relative(np.column_stack([rows * size, rows, size, ones]), compute)
-    optimizer = np.array([r[h5io.timing_attr("optimizer", "max")] for r in runs]) / e
-    t_param, t0 = _fit_relative(np.column_stack([size, ones]), optimizer)
     # Reading the rows, from single-process runs: on more ranks the measured load also holds
     # the ranks' start-up skew (the first collective waits for the last rank to start).
     single = np.array([r["ranks"] == 1 for r in runs]) if any(r["ranks"] == 1 for r in runs) else ones > 0
     load = np.array([r[h5io.timing_attr("load", "max")] for r in runs])
     load1, load0 = _fit_relative(np.column_stack([rows, ones])[single], load[single])
     alpha, beta = fit_collectives(bench)
+    opt_fixed, opt_value = fit_optimizer(optimizer)
     hidden = sorted({int(r["hidden"]) for r in runs})
     return {
         "block_size": block,
@@ -140,8 +202,8 @@ def fit_model(runs: list[dict], bench: list[dict]) -> dict:
         "compute_per_patch": float(c_patch),
         "compute_fixed_param": float(c0_param),
         "compute_fixed": float(c0),
-        "optimizer_per_param": float(t_param),
-        "optimizer_fixed": float(t0),
+        "optimizer_fixed": opt_fixed,
+        "optimizer_per_value": opt_value,
         "load_per_patch": float(load1),
         "load_fixed": float(load0),
         "alpha": alpha,
@@ -150,21 +212,24 @@ def fit_model(runs: list[dict], bench: list[dict]) -> dict:
     }
 
 
-def per_evaluation(model: dict, hidden) -> dict:
-    """The model's terms at ``hidden`` units: c (per patch), c0, t_opt (seconds per evaluation), m (bytes)."""
+def comm_time(model: dict, p, hidden):
+    """Seconds of one evaluation's three collectives on p ranks for a model of ``hidden`` units."""
+    total_steps, received = _comm_design(p, buffer_bytes(model["side"], hidden, p))
+    return total_steps * model["alpha"] + received * model["beta"]
+
+
+def per_evaluation(model: dict, hidden, p=1) -> dict:
+    """The model's terms at ``hidden`` units on p ranks: c (per patch), c0, t_comm, t_opt
+    (seconds per evaluation) and the bytes of the three buffers."""
     size = parameters(model["side"], hidden)
+    values = optimizer_values(model["side"], hidden, p)
     return {
         "compute_per_patch": model["compute_per_patch_param"] * size + model["compute_per_patch"],
         "compute_fixed": model["compute_fixed_param"] * size + model["compute_fixed"],
-        "optimizer": model["optimizer_per_param"] * size + model["optimizer_fixed"],
-        "buffer_bytes": buffer_bytes(model["side"], hidden),
+        "communication": comm_time(model, p, hidden),
+        "optimizer": model["optimizer_fixed"] + model["optimizer_per_value"] * values,
+        "buffer_bytes": sum(buffer_bytes(model["side"], hidden, p)),
     }
-
-
-def comm_time(model: dict, p, hidden):
-    """Seconds of one evaluation's Bcast + Reduce on p ranks for a model of ``hidden`` units."""
-    m = buffer_bytes(model["side"], hidden)
-    return tree_steps(p) * (2.0 * model["alpha"] + model["beta"] * m)
 
 
 def predict(model: dict, p, n, hidden, evaluations=None) -> dict:
@@ -178,12 +243,12 @@ def predict(model: dict, p, n, hidden, evaluations=None) -> dict:
         if evaluations is None
         else np.asarray(evaluations, dtype=np.float64)
     )
-    terms = per_evaluation(model, hidden)
+    terms = per_evaluation(model, hidden, p)
     rows = busiest_rows(n, p, model["block_size"])
     parts = {
         "load": model["load_fixed"] + model["load_per_patch"] * rows,
         "compute": e * (terms["compute_fixed"] + terms["compute_per_patch"] * rows),
-        "communication": e * comm_time(model, p, hidden) * np.ones_like(rows),
+        "communication": e * terms["communication"] * np.ones_like(rows),
         "optimizer": e * terms["optimizer"] * np.ones_like(rows),
     }
     parts["loop"] = parts["compute"] + parts["communication"] + parts["optimizer"]

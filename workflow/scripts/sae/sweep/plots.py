@@ -134,7 +134,7 @@ BREAKDOWN_STYLE = {
     "compute": ("compute (mean over ranks)", "#4C72B0", None),
     "imbalance": ("load imbalance (slowest rank \u2212 mean)", "#8FAADC", "///"),
     "communication": ("communication (Bcast + Reduce, waiting)", "#DD8452", None),
-    "optimizer": ("optimizer (L-BFGS on rank 0)", "#55A868", None),
+    "optimizer": ("optimizer (L-BFGS on each rank's slices)", "#55A868", None),
 }
 
 
@@ -249,24 +249,26 @@ def plot_model(model: dict, runs: list[dict], path, max_ranks: int = 1024, max_s
         ax_s.legend(title="Training size", loc="upper left", ncol=1)
     fitted = []
     for h in hiddens:
-        terms = per_evaluation(model, h)
+        one, many = per_evaluation(model, h, 1), per_evaluation(model, h, 16)
         fitted.append(
             f"h = {h} ($P$ = {parameters(model['side'], h):.0f}): "
-            f"$c$ = {_si(terms['compute_per_patch'])} per patch, "
-            f"$c_0$ = {_si(terms['compute_fixed'])}, $t_\\mathrm{{opt}}$ = {_si(terms['optimizer'])}, "
-            f"$m$ = {terms['buffer_bytes'] / 1024:.1f} KiB, $E$ = {model['evaluations'][str(h)]:.0f};"
+            f"$c$ = {_si(one['compute_per_patch'])} per patch, $c_0$ = {_si(one['compute_fixed'])}, "
+            f"$t_\\mathrm{{opt}}$ = {_si(one['optimizer'])} (1 rank), {_si(many['optimizer'])} (16), "
+            f"$t_\\mathrm{{comm}}$ = {_si(many['communication'])} (16), "
+            f"$E$ = {model['evaluations'][str(h)]:.0f};"
         )
     text = "\n".join(
         [
             r"Model: $T(p, N) = \mathrm{load} + E\,\left(c\,n + c_0"
-            r" + \lceil \log_2 p \rceil\,(2\alpha + \beta m) + t_\mathrm{opt}\right)$"
+            r" + t_\mathrm{comm}(p) + t_\mathrm{opt}(e)\right)$"
             r", $n$ = rows of the busiest rank (whole blocks of "
-            f"{model['block_size']}); $c$, $c_0$, $t_\\mathrm{{opt}}$ linear in the parameter count $P$, "
-            "$m$ the buffers' size. Fitted:",
+            f"{model['block_size']}); $c$, $c_0$ linear in the parameter count $P$; "
+            r"$t_\mathrm{comm}$: three collectives, $s(p)$ steps of $\alpha$ + $\beta$ per byte received; "
+            r"$t_\mathrm{opt}$ linear in $e$, the values of the busiest rank's slices. Fitted:",
             *fitted,
             f"load = {_si(model['load_fixed'])} + {_si(model['load_per_patch'])} $\\times n$; "
             f"$\\alpha$ = {_si(model['alpha'])}, $\\beta$ = {model['beta'] * 1e9:.3g} ns/byte "
-            f"(Bcast + Reduce measured on {', '.join(str(r) for r in model['benchmark_ranks'])} ranks "
+            f"(the collectives measured on {', '.join(str(r) for r in model['benchmark_ranks'])} ranks "
             "of this machine). "
             "Markers: measured speedup of the optimization loop (speedup.png).",
         ]

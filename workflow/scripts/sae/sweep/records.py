@@ -26,13 +26,22 @@ RUN_COLUMNS = (
     h5io.WALL_SECONDS,
     *h5io.RANK_TIMING_ATTRS,
 )
-# Columns of a collectives benchmark file: one row per buffer scale (bytes: DOUBLE per value).
-COLLECTIVE_COLUMNS = ("ranks", "scale", "reduce_doubles", "bcast_doubles", "bytes", "seconds", "seconds_min")
+# Columns of a collectives benchmark file: one row per buffer scale (sae.sweep.collectives).
+COLLECTIVE_COLUMNS = (
+    "ranks",
+    "scale",
+    "point_doubles",
+    "sums_doubles",
+    "rows_doubles",
+    "seconds",
+    "seconds_min",
+)
+# Columns of the optimizer benchmark file: one row per hidden size and slices owned (sae.sweep.optimizer).
+OPTIMIZER_COLUMNS = ("hidden", "slices", "values", "seconds", "seconds_min")
 # The columns of every CSV file here that hold integers ("runs": scaling.csv), and text.
-INTEGER_COLUMNS = {*RUN_INTEGERS, "runs"}
+INTEGER_COLUMNS = {*RUN_INTEGERS, "runs", "point_doubles", "sums_doubles", "rows_doubles", "slices", "values"}
 TEXT_COLUMNS = {"precision"}
 OPTIONAL_ATTRS = {"precision": ""}
-DOUBLE = 8  # bytes of one value in the collectives' buffers (float64)
 
 RUN_NAME = "p{ranks}_h{hidden}_n{samples}_r{repeat}.h5"  # as rule sweep_train's output
 _RUN_NAME = re.compile(r"p(\d+)_h(\d+)_n(\d+)_r(\d+)\.h5")

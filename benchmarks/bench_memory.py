@@ -17,8 +17,8 @@ Measured in one run on this machine, every file in a temporary folder (deleted a
    RSS per rank, against the shard's size in memory;
 4. the issue's done-when: `snakemake --cores 2 results/model.h5` with patches.count 4,000,000 and
    train {memory_mb: 64, iterations: 3}, every process's peak RSS (VmHWM, polled from /proc);
-5. what 10^8 patches would take, here and on 64 ranks, from these rates and the README's
-   performance model.
+5. what 10^8 patches would take, here and on 64 ranks, from these rates and the performance model
+   of docs/scaling.md.
 """
 
 import sys
@@ -48,7 +48,7 @@ from sae.objective import BlockKernel, initial_theta, to_blocks
 from sae.train import StreamedShard
 
 V = 64
-# The README's performance model fitted on this machine (sweep_collectives, sweep_model):
+# The performance model (docs/scaling.md) fitted on this machine (sweep_collectives, sweep_model):
 ALPHA, BETA, MESSAGE_BYTES = 1.75e-6, 0.142e-9, 64.8 * 1024  # s, s/byte, bytes per evaluation
 EVALUATIONS = 411  # per 400 L-BFGS iterations (the sweep's median)
 

@@ -7,7 +7,7 @@ rule images:
         "results/logs/images.log",
     conda:
         "../envs/sae.yaml"
-    threads: 8  # images prepared side by side, one photograph each in memory (README)
+    threads: 8  # images prepared side by side, one photograph each in memory (docs/running.md)
     params:
         source=config["images"]["source"],
         whiten="" if config["images"]["whiten"] else "--no-whiten",

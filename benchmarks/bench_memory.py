@@ -366,7 +366,7 @@ def main():
         peak = done_when(folder, 40000 if args.quick else 4_000_000, 1 if args.quick else 64, 3)
         print(f"Largest: {peak:.0f} MB.")
         a = train(small, folder / "opt.h5", 1, 30)
-        extrapolate(max(rates.values()), c_streamed, a["optimizer_seconds"] / a["evaluations"])
+        extrapolate(max(rates.values()), c_streamed, a["optimizer_seconds_max"] / a["evaluations"])
 
 
 if __name__ == "__main__":

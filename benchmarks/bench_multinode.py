@@ -11,7 +11,7 @@ bridge; stopped again at the end unless it was already up), then for each networ
             (tc qdisc add dev eth0 root netem delay 50us rate 10gbit, in every node;
             where the kernel lacks netem, a token bucket filter at 10 Gbit/s instead),
 1. runs the sweep's collectives microbenchmark (workflow/scripts/sweep_collectives.py:
-   one evaluation's Bcast + Reduce at 7 buffer scales) on 2 and 4 ranks spread over both
+   one evaluation's three collectives at 7 buffer scales) on 2 and 4 ranks spread over both
    nodes, and fits alpha and beta as the sweep does (sae.sweep.model.fit_collectives);
 2. times the training (train_model.py under srun) on 1 rank, and on 2 ranks (1 per node)
    and 4 ranks (2 per node) across the nodes, median of the repeats;
@@ -41,8 +41,10 @@ import slurm_cluster  # noqa: E402
 from bench_training import make_patches  # noqa: E402  (this folder: the same patches)
 
 from sae import h5io  # noqa: E402
+from sae.objective import n_params  # noqa: E402
+from sae.slices import Slices  # noqa: E402
 from sae.sweep import model as perf  # noqa: E402
-from sae.sweep import records  # noqa: E402
+from sae.sweep import optimizer, records  # noqa: E402
 
 SCRIPTS = REPO / "workflow" / "scripts"
 # Limits on each node's link: netem where the kernel has it, else a token bucket at the same
@@ -123,13 +125,18 @@ def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
     print(f"\n## Network: {f'{qdisc} on each node link' if qdisc else 'the bridge, no limits'}")
     bench = [row for p in (2, 4) for row in collectives(folder, data, p, bench_repeats)]
     alpha, beta = perf.fit_collectives(bench)
-    print(f"\nCollectives across the nodes (median of {bench_repeats} Bcast + Reduce pairs, microseconds):\n")
-    print("| bytes (Bcast + Reduce) | 2 ranks | 4 ranks | fit 2 ranks | fit 4 ranks |")
+    print(f"\nCollectives across the nodes (median of {bench_repeats} evaluations' three, microseconds):\n")
+    print("| bytes (the three buffers, on 2 ranks) | 2 ranks | 4 ranks | fit 2 ranks | fit 4 ranks |")
     print("|---:|---:|---:|---:|---:|")
+    columns = ("point_doubles", "sums_doubles", "rows_doubles")
     for scale in sorted({r["scale"] for r in bench}):
         row = {r["ranks"]: r for r in bench if r["scale"] == scale}
-        fit = {p: perf.tree_steps(p) * (2 * alpha + beta * row[p]["bytes"]) for p in (2, 4)}
-        print(f"| {row[2]['bytes']:,} | {row[2]['seconds'] * 1e6:.1f} | {row[4]['seconds'] * 1e6:.1f} |"
+        fit = {}
+        for p in (2, 4):
+            steps, received = perf.comm_design(p, [8.0 * row[p][k] for k in columns])
+            fit[p] = steps * alpha + received * beta
+        nbytes = sum(8 * row[2][k] for k in columns)
+        print(f"| {nbytes:,} | {row[2]['seconds'] * 1e6:.1f} | {row[4]['seconds'] * 1e6:.1f} |"
               f" {fit[2] * 1e6:.1f} | {fit[4] * 1e6:.1f} |")  # fmt: skip
     print(f"\nalpha = {alpha * 1e6:.2f} us, beta = {beta * 1e9:.3f} ns/byte ({1 / beta / 1e9:.2f} GB/s)")
 
@@ -143,12 +150,13 @@ def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
                 if not any(x["ranks"] == 1 and x["samples"] == rows and x["repeat"] == r for x in runs):
                     runs.append(training(folder, data, 1, 1, rows, r, iterations))
     single = [r for r in runs if r["ranks"] == 1]
-    model = perf.fit_model(single, bench)
+    count = Slices(n_params(64, HIDDEN)).count
+    model = perf.fit_model(single, bench, optimizer.measure(64, HIDDEN, optimizer.owned_counts(count), 200))
     terms = {k: float(v) for k, v in perf.per_evaluation(model, HIDDEN).items()}
     print(
         f"\nModel from the 1-rank runs: compute {terms['compute_per_patch'] * 1e9:.0f} ns per patch"
         f" + {terms['compute_fixed'] * 1e6:.0f} us, optimizer {terms['optimizer'] * 1e6:.0f} us"
-        f" per evaluation; {terms['buffer_bytes']:,.0f} bytes per evaluation\n"
+        f" per evaluation on one rank (the optimizer benchmark)\n"
     )
     cores = os.cpu_count() or 1
     print("| N | ranks | hosts | evaluations | loop s measured | model: loop s | error | with"
@@ -167,7 +175,8 @@ def report(qdisc, folder, data, sizes, repeats, iterations, bench_repeats):
             # (whatever the cores allowed) plus the alpha-beta communication
             comm = e * float(perf.comm_time(model, p, HIDDEN))
             own = statistics.median(
-                r[h5io.timing_attr("compute", "max")] + r[h5io.OPTIMIZER_SECONDS] + comm for r in mine
+                r[h5io.timing_attr("compute", "max")] + r[h5io.timing_attr("optimizer", "max")] + comm
+                for r in mine
             )
 
             def err(x, loop=loop):

@@ -1,28 +1,27 @@
 """Training speed and memory, measured side by side in one run; prints Markdown tables.
 
-    python benchmarks/bench_training.py            # full (a few minutes on 2 cores)
+    python benchmarks/bench_training.py            # full (about 10 minutes on 2 cores)
     python benchmarks/bench_training.py --quick    # smaller sizes, for a smoke test
-    python benchmarks/bench_training.py --only step,memory,mpi   # some tables only
-    python benchmarks/bench_training.py --only against --against HEAD~1   # the optimizer of a git revision
+    python benchmarks/bench_training.py --only optimizer,mpi   # some tables only
+    python benchmarks/bench_training.py --only kernel --against HEAD~1   # also the kernel of a git revision
 
 Every ratio compares numbers measured in this same run on this machine:
-1. per-evaluation time, one rank, against a whole-batch float64 transcription of
-   Ng's vectorized equations (objective.reference, the baseline);
-2. effective rate (16 kFLOP per patch per evaluation) against the single-core
-   GEMM peak measured here in the same precision;
-3. per-patch cost against N;
-4. two ranks against one: optimization-loop speedup and communication share,
-   at hidden 25 and 100;
-7. rank 0's serial step per evaluation (gradient assembly and optimizer) of
-   sae.lbfgs against scipy's L-BFGS-B, at hidden 25 and 100 and two N, and the
-   final cost and step time of sae.lbfgs for several memories m;
-8. (--against REV) the serial step of this work tree's sae.lbfgs against that of git
-   revision REV, the two alternating evaluation by evaluation in one process;
-5. `snakemake --cores 2 results/filters.png` from an empty results/;
-6. peak RSS per rank against the shard's bytes;
-and training streamed from HDF5 (train.memory_mb below the shard) against in memory,
-plus the final cost in float32 against float64, and the share of an evaluation
-spent in the product that the single-reduction scheme adds.
+kernel:    per-evaluation time, one rank, against a whole-batch float64 transcription of
+           Ng's vectorized equations (objective.reference, the baseline), its rate against
+           the single-core GEMM peak measured here, per-patch cost against N; with
+           --against REV, the block kernel of git revision REV timed alternately with this one;
+compile:   numba's compile time of the per-slice loops (an empty cache) and their load
+           time from the cache, per process;
+optimizer: one rank's optimizer step alone against the slices it owns (sae.sweep.optimizer),
+           and the line the performance model fits to it;
+mpi:       two ranks against one: optimization-loop speedup and where the two-rank loop
+           goes (compute, imbalance, communication, optimizer), at hidden 25 and 100;
+large:     16 x 16 patches and 400 hidden units (config/large.yaml's model) on one and two
+           ranks: compute, collectives and optimizer per evaluation, and the performance
+           model's prediction at 16 processes from these runs and the two benchmarks;
+precision: the final cost in float32 against float64;
+streaming: training streamed from HDF5 (train.memory_mb below the shard) against in memory;
+workflow:  `snakemake --cores 2 results/filters.png` from an empty results/.
 """
 
 import sys
@@ -43,17 +42,18 @@ import tempfile
 import time
 
 import numpy as np
-from common import REPO, same_model, train
-from scipy.optimize import minimize
+from common import ENV, REPO, SCRIPTS, same_model, train
 
-from sae import h5io, images, lbfgs, objective, patches
-from sae.sweep import scaling
-from sae.train import OPTIMIZER_SETTINGS as OPTIMIZER
+from sae import h5io, images, objective, patches
+from sae.objective import n_params
+from sae.slices import Slices
+from sae.sweep import model, optimizer, records, scaling
 
 FLOP_PER_PATCH = 16e3  # five 25 x 64 products, two FLOP per multiply-add
 V, H = 64, 25
 HYPER = (0.01, 1e-4, 3.0)
-TABLES = ("kernel", "step", "memory", "mpi", "precision", "streaming", "workflow")
+TABLES = ("kernel", "compile", "optimizer", "mpi", "large", "precision", "streaming", "workflow")
+LARGE = {"side": 16, "hidden": 400, "samples": 20000}  # config/large.yaml's model and the issue's size
 
 
 def best_seconds(fn, min_seconds=0.5, repeats=3):
@@ -79,34 +79,62 @@ def gemm_peak(dtype) -> float:
     return 2 * 1500**3 / best_seconds(lambda: np.matmul(a, b, out=out))
 
 
-def make_patches(path: Path, count: int) -> np.ndarray:
+def make_patches(path: Path, count: int, side: int = 8) -> np.ndarray:
     """Whitened sample-image patches, normalized, written as the workflow would."""
     imgs = [img for img, _, _ in images.load("sample", whiten=True)]
-    data, sigma = patches.sample(imgs, count, 8, seed=0)
-    h5io.write_patches(path, count, 64, [data], {"seed": 0, "side": 8, "count": count, "sigma": sigma})
+    data, sigma = patches.sample(imgs, count, side, seed=0)
+    attrs = {"seed": 0, "side": side, "count": count, "sigma": sigma}
+    h5io.write_patches(path, count, side * side, [data], attrs)
     return data
 
 
-def kernel_table(x_all, sizes, block_size):
+def evaluation(module, x, block_size, dtype, theta):
+    """One evaluation's block sums with ``module``'s BlockKernel (sae.objective, or a revision's)."""
+    kernel = module.BlockKernel(V, H, block_size, dtype)
+    blocks = module.to_blocks(x, block_size, dtype)
+    units = np.zeros(kernel.sums.size)
+
+    def run():
+        kernel.set_params(theta, len(x), 1.0)
+        units[:] = 0
+        for b in blocks:
+            kernel.accumulate(b, units)
+
+    return run
+
+
+def revision_module(revision: str, path: str, name: str):
+    """``path`` (under workflow/scripts/sae) as it was at git ``revision``, imported as ``name``."""
+    text = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{revision}:workflow/scripts/sae/{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"{name}.py").write_text(text)
+        spec = importlib.util.spec_from_file_location(name, Path(tmp) / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+def kernel_table(x_all, sizes, block_size, against=None):
     peaks = {np.float64: gemm_peak(np.float64), np.float32: gemm_peak(np.float32)}
     theta = objective.initial_theta(V, H, np.random.default_rng(0))
+    then = revision_module(against, "objective.py", "objective_then") if against else None
     rows = []
     for n in sizes:
         x = x_all[:n].astype(np.float64)
         base = best_seconds(lambda x=x: objective.reference(theta, x, H, *HYPER))
         row = {"N": n, "baseline": base}
         for dtype in (np.float64, np.float32):
-            kernel = objective.BlockKernel(V, H, block_size, dtype)
-            blocks = objective.to_blocks(x, block_size, dtype)
-            units = np.zeros(kernel.sums.size)
-
-            def evaluation(kernel=kernel, blocks=blocks, units=units, n=n):
-                kernel.set_params(theta, n, 1.0)
-                units[:] = 0
-                for b in blocks:
-                    kernel.accumulate(b, units)
-
-            row[dtype] = best_seconds(evaluation)
+            row[dtype] = best_seconds(evaluation(objective, x, block_size, dtype, theta))
+        if then is not None:  # alternately: this kernel, the revision's, this one again
+            now_then = [evaluation(m, x, block_size, np.float32, theta) for m in (objective, then)]
+            times = [[], []]
+            for _ in range(3):
+                for run, t in zip(now_then, times, strict=True):
+                    t.append(best_seconds(run, min_seconds=0.3, repeats=1))
+            row["now"], row["then"] = (min(t) for t in times)
         rows.append(row)
 
     print(f"\nSingle-core GEMM peak: {peaks[np.float64] / 1e9:.1f} GFLOP/s float64, "
@@ -125,7 +153,14 @@ def kernel_table(x_all, sizes, block_size):
           f"float64 {last[np.float64] / last['N'] / (first[np.float64] / first['N']):.2f}x, "
           f"float32 {last[np.float32] / last['N'] / (first[np.float32] / first['N']):.2f}x, "
           f"baseline {last['baseline'] / last['N'] / (first['baseline'] / first['N']):.2f}x")  # fmt: skip
-    extra_product_share(x_all[: sizes[0]], block_size, rows[0][np.float32])
+    if then is not None:
+        print(f"\n| N | float32 ms/eval, kernel at {against} | this work tree | ratio |")
+        print("|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['N']} | {row['then'] * 1e3:.3f} | {row['now'] * 1e3:.3f} "
+                  f"| {row['now'] / row['then']:.3f} |")  # fmt: skip
+        print("\n(The fastest of three alternating timings of each.)")
+    extra_product_share(x_all[: sizes[-1]], block_size, rows[-1][np.float32])
 
 
 def extra_product_share(x, block_size, eval_seconds):
@@ -136,6 +171,64 @@ def extra_product_share(x, block_size, eval_seconds):
     extra = best_seconds(lambda: np.matmul(s, blocks.transpose(0, 2, 1), out=out))
     print(f"\nThe single reduction's extra product (sum s' [x 1]^T) takes {100 * extra / eval_seconds:.0f}% "
           f"of a float32 evaluation at N = {len(x)}.")  # fmt: skip
+
+
+def compile_table(repeats=3):
+    """Seconds to import the compiled loops in a new process: compiling them (an empty numba
+    cache) and loading them from the cache; and the same process importing numpy alone."""
+    probe = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+
+    def seconds(module, env):
+        out = subprocess.run([sys.executable, "-c", probe.format(module)], cwd=SCRIPTS, env=env,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        return float(out)
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**ENV, "NUMBA_CACHE_DIR": cache}
+        cold, warm, plain = [], [], []
+        for _ in range(repeats):
+            shutil.rmtree(cache)
+            os.mkdir(cache)
+            cold.append(seconds("sae.lbfgs, sae.gradient", env))
+            warm.append(seconds("sae.lbfgs, sae.gradient", env))
+            plain.append(seconds("numpy, mpi4py.MPI, h5py", env))
+    print("\n| import in a new process | seconds (median of 3) |")
+    print("|---|---:|")
+    print(f"| numpy, mpi4py, h5py | {np.median(plain):.2f} |")
+    print(f"| sae.lbfgs and sae.gradient, compiling (empty numba cache) | {np.median(cold):.2f} |")
+    print(f"| sae.lbfgs and sae.gradient, from numba's cache | {np.median(warm):.2f} |")
+
+
+def optimizer_table(models, evaluations):
+    """One rank's optimizer step alone against the slices it owns, and the model's line."""
+    print("\n| model (v, h) | slices of L | slices owned | values | µs per evaluation (fastest) |")
+    print("|---|---|---:|---:|---:|")
+    rows = []
+    for v, h in models:
+        sl = Slices(n_params(v, h))
+        mine = optimizer.measure(v, h, optimizer.owned_counts(sl.count), evaluations)
+        rows += mine
+        for r in mine:
+            print(f"| {v}, {h} | {sl.count} of {sl.length} | {r['slices']} | {r['values']} "
+                  f"| {r['seconds'] * 1e6:.1f} ({r['seconds_min'] * 1e6:.1f}) |")  # fmt: skip
+    fixed, per_value = model.fit_optimizer(rows)
+    print(f"\nFitted (the performance model's t_opt): {fixed * 1e6:.1f} µs + {per_value * 1e9:.2f} ns "
+          f"per value owned. One process, the float32 block kernel on {optimizer.PATCHES} patches between "
+          f"evaluations; medians over {evaluations} evaluations after the first ten.")  # fmt: skip
+    return rows
+
+
+def two_rank_runs(patches_path, hidden, n, iterations, repeats, side=8):
+    """1- and 2-rank trainings, alternating, ``repeats`` of each: their model-file attributes."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(repeats):
+            for ranks in (1, 2):
+                attrs = train(patches_path, Path(tmp) / "m.h5", ranks, iterations, hidden,
+                              extra=["--samples", n], side=side)  # fmt: skip
+                runs.append({**records.run_record(attrs, repeat + 1), **attrs})
+    assert len({a["evaluations"] for a in runs}) == 1 and len({a["cost"] for a in runs}) == 1
+    return runs
 
 
 def mpi_table(patches_path, points, iterations, repeats):
@@ -149,176 +242,74 @@ def mpi_table(patches_path, points, iterations, repeats):
     """
     print("\n| hidden | N | loop s, 1 rank | loop s, 2 ranks "
           "| speedup: medians (best runs; range over pairs) "
-          "| 2 ranks, share of loop: compute / imbalance / communication / optimizer step "
+          "| 2 ranks, share of loop: compute / imbalance / communication / optimizer "
           "| peak RSS per rank, MB (shard MB) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for hidden, n in points:
-            runs = []
-            for repeat in range(repeats):
-                for ranks in (1, 2):
-                    attrs = train(
-                        patches_path, Path(tmp) / "m.h5", ranks, iterations, hidden, extra=["--samples", n]
-                    )
-                    runs.append({**attrs, "repeat": repeat})
-            assert len({a["evaluations"] for a in runs}) == 1
-            loop = {r: [a["loop_seconds_max"] for a in runs if a["ranks"] == r] for r in (1, 2)}
-            median = {r: float(np.median(loop[r])) for r in loop}
-            pairs = [a / b for a, b in zip(loop[1], loop[2], strict=True)]
-            (parts,) = [b for b in scaling.breakdown(runs) if b["ranks"] == 2]
-            shares = " / ".join(f"{100 * parts[f'{k}_share']:.1f}%" for k in scaling.BREAKDOWN_PARTS)
-            rss = {r: max(a["peak_rss_mb_max"] for a in runs if a["ranks"] == r) for r in (1, 2)}
-            shard = {a["ranks"]: a["shard_mb_max"] for a in runs}
-            best = min(loop[1]) / min(loop[2])
-            print(f"| {hidden} | {n} | {median[1]:.2f} | {median[2]:.2f} | {median[1] / median[2]:.2f}x "
-                  f"({best:.2f}x; {min(pairs):.2f}-{max(pairs):.2f}) | {shares} "
-                  f"| 1 rank: {rss[1]:.0f} ({shard[1]:.1f}); "
-                  f"2 ranks: {rss[2]:.0f} ({shard[2]:.1f}) |")  # fmt: skip
+    for hidden, n in points:
+        runs = two_rank_runs(patches_path, hidden, n, iterations, repeats)
+        loop = {r: [a["loop_seconds_max"] for a in runs if a["ranks"] == r] for r in (1, 2)}
+        median = {r: float(np.median(loop[r])) for r in loop}
+        pairs = [a / b for a, b in zip(loop[1], loop[2], strict=True)]
+        (parts,) = [b for b in scaling.breakdown(runs) if b["ranks"] == 2]
+        shares = " / ".join(f"{100 * parts[f'{k}_share']:.1f}%" for k in scaling.BREAKDOWN_PARTS)
+        rss = {r: max(a["peak_rss_mb_max"] for a in runs if a["ranks"] == r) for r in (1, 2)}
+        shard = {a["ranks"]: a["shard_mb_max"] for a in runs}
+        best = min(loop[1]) / min(loop[2])
+        print(f"| {hidden} | {n} | {median[1]:.2f} | {median[2]:.2f} | {median[1] / median[2]:.2f}x "
+              f"({best:.2f}x; {min(pairs):.2f}-{max(pairs):.2f}) | {shares} "
+              f"| 1 rank: {rss[1]:.0f} ({shard[1]:.1f}); "
+              f"2 ranks: {rss[2]:.0f} ({shard[2]:.1f}) |")  # fmt: skip
     print(f"\n({iterations} L-BFGS iterations, float32, the same evaluations on 1 and 2 ranks; "
           f"median of {repeats} runs each, alternating. Communication: the slowest rank's loop "
-          "outside compute and rank 0's optimizer step, i.e. collectives on the critical path.)")  # fmt: skip
+          "outside its compute and optimizer step, i.e. collectives on the critical path, waiting included.)"
+          )  # fmt: skip
 
 
-class Compute:
-    """The float32 kernel over all patches x in one process: ``compute(theta)`` fills the
-    block sums (``units``) and returns the grid steps, as one rank's compute does in training."""
-
-    def __init__(self, x, hidden):
-        self.n, self.hidden = len(x), hidden
-        self.kernel = objective.BlockKernel(V, hidden, 128, np.float32)
-        self.blocks = objective.to_blocks(x, 128, np.float32)
-        self.units = np.zeros(self.kernel.sums.size)
-        self.grad = np.empty(objective.n_params(V, hidden))
-        self.xmax = float(np.abs(x).max())
-
-    def __call__(self, theta):
-        step = self.kernel.set_params(theta, self.n, self.xmax)
-        self.units[:] = 0
-        for b in self.blocks:
-            self.kernel.accumulate(b, self.units)
-        return step
-
-    def finish(self, step, theta):
-        """Cost and gradient (a reused buffer) from the sums, as rank 0 assembles them."""
-        return objective.finish(self.units, step, theta, self.n, V, self.hidden, *HYPER, out=self.grad)
-
-
-def serial_step(x, hidden, evaluations, optimizer, skip=15):
-    """Rank 0's serial time per evaluation: from the end of the compute to the next evaluation.
-
-    That is gradient assembly (objective.finish) and the optimizer step: scipy's
-    L-BFGS-B through ``minimize`` (optimizer "scipy", what training used before
-    sae.lbfgs), or sae.lbfgs.LBFGS with the settings ``optimizer`` (a dict). The
-    real kernel runs between steps, one process, and evicts the optimizer's
-    data from cache as in training. Medians over evaluations after the first
-    ``skip`` (by then the memory is full). Returns (finish, optimizer step,
-    serial in all) in seconds, and the final cost.
-    """
-    compute = Compute(x, hidden)
-    marks = []  # (start of compute, end of compute, end of finish) per evaluation
-
-    def fun(theta):
-        start = time.perf_counter()
-        step = compute(theta)
-        computed = time.perf_counter()
-        cost, g = compute.finish(step, theta)
-        if optimizer == "scipy":
-            g = g.copy()  # scipy keeps it; training before sae.lbfgs made a new one per evaluation
-        marks.append((start, computed, time.perf_counter()))
-        return cost, g
-
-    theta0 = objective.initial_theta(V, hidden, np.random.default_rng(0))
-    if optimizer == "scipy":
-        cost = minimize(
-            fun, theta0, jac=True, method="L-BFGS-B", options={"maxfun": evaluations, "maxiter": 10**6}
-        ).fun
-    else:
-        opt = lbfgs.LBFGS(theta0, **optimizer)
-        while opt.evaluations < evaluations and not opt.stopped:
-            opt.tell(*fun(opt.point))
-        cost = opt.f
-    marks = np.array(marks)
-    finish = marks[skip:-1, 2] - marks[skip:-1, 1]
-    serial = marks[skip + 1 :, 0] - marks[skip:-1, 1]
-    return np.median(finish), np.median(serial - finish), np.median(serial), cost
-
-
-def step_table(x_all, sizes, hiddens, evaluations, repeats):
-    """Rank 0's serial step per evaluation, scipy's L-BFGS-B against sae.lbfgs as trained, alternating."""
-    print("\n| hidden | N | scipy L-BFGS-B: finish / optimizer / serial µs "
-          "| sae.lbfgs: finish / optimizer / serial µs | serial, sae.lbfgs / scipy |")  # fmt: skip
-    print("|---|---|---|---|---|")
-    serial = {}
-    for hidden in hiddens:
-        for n in sizes:
-            runs = {"scipy": [], "lbfgs": []}
-            for _ in range(repeats):
-                runs["scipy"].append(serial_step(x_all[:n], hidden, evaluations(n), "scipy")[:3])
-                runs["lbfgs"].append(serial_step(x_all[:n], hidden, evaluations(n), OPTIMIZER)[:3])
-            best = {k: np.min(np.array(v), axis=0) * 1e6 for k, v in runs.items()}  # fastest of the repeats
-            serial[hidden, n] = best["lbfgs"][2]
-            cells = " | ".join(" / ".join(f"{t:.0f}" for t in best[k]) for k in ("scipy", "lbfgs"))
-            print(f"| {hidden} | {n} | {cells} | {best['lbfgs'][2] / best['scipy'][2]:.2f} |")
-    growth = ", ".join(f"hidden {h}: {serial[h, sizes[-1]] / serial[h, sizes[0]]:.2f}x" for h in hiddens)
-    print(f"\n(One process, the float32 kernel between steps; medians over evaluations 16 on, the fastest "
-          f"of {repeats} runs each, alternating.) Growth of sae.lbfgs's serial step from N = {sizes[0]} "
-          f"to {sizes[-1]}: {growth}.")  # fmt: skip
-
-
-def against_table(x_all, sizes, hiddens, revision, evaluations=400):
-    """Rank 0's serial step (assembly and optimizer) of sae.lbfgs here and at git ``revision``.
-
-    Both optimizers start from the same point; their evaluations alternate, each after
-    its own pass of the real float32 kernel, so that both see the same cold caches and
-    the same machine: on a shared machine whose speed drifts by tens of percent from
-    minute to minute, this compares what separate runs cannot. Medians after 15
-    evaluations; the final costs show whether the path changed.
-    """
-    text = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{revision}:workflow/scripts/sae/lbfgs.py"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+def large_table(patches_path, iterations, repeats, evaluations):
+    """config/large.yaml's model on 1 and 2 ranks: the parts of an evaluation, and the model at 16."""
+    side, hidden, n = LARGE["side"], LARGE["hidden"], LARGE["samples"]
+    v = side * side
+    runs = two_rank_runs(patches_path, hidden, n, iterations, repeats, side=side)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "lbfgs_then.py"
-        path.write_text(text)
-        spec = importlib.util.spec_from_file_location("lbfgs_then", path)
-        then = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(then)
-    print(f"\n| hidden | N | serial µs, sae.lbfgs at {revision} | this work tree | ratio "
-          f"| final cost ({evaluations} evaluations), at {revision} / now |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for hidden in hiddens:
-        for n in sizes:
-            compute = Compute(x_all[:n], hidden)
-            theta0 = objective.initial_theta(V, hidden, np.random.default_rng(0))
-            opts = [then.LBFGS(theta0, **OPTIMIZER), lbfgs.LBFGS(theta0, **OPTIMIZER)]
-            seconds = [[], []]
-            for _ in range(evaluations):
-                for opt, times in zip(opts, seconds, strict=True):
-                    step = compute(opt.point)
-                    start = time.perf_counter()
-                    opt.tell(*compute.finish(step, opt.point))
-                    times.append(time.perf_counter() - start)
-            old, new = (np.median(t[15:]) * 1e6 for t in seconds)
-            print(f"| {hidden} | {n} | {old:.0f} | {new:.0f} | {new / old:.2f} "
-                  f"| {opts[0].f:.6f} / {opts[1].f:.6f} |")  # fmt: skip
-
-
-def variants_table(x, hiddens, iterations_evaluations):
-    """The memory m (pairs kept): final cost and serial step, against scipy's L-BFGS-B."""
-    variants = [("scipy L-BFGS-B, m = 10", "scipy")] + [
-        (f"sae.lbfgs, m = {m}", {"memory": m}) for m in (10, 5, 3)
-    ]
-    columns = " | ".join(f"hidden {h}: final cost, serial µs per evaluation" for h in hiddens)
-    print(f"\n| optimizer (N = {len(x)}, {iterations_evaluations} evaluations) | {columns} |")
-    print("|---|" + "---|" * len(hiddens))
-    for name, optimizer in variants:
-        cells = []
-        for h in hiddens:
-            _, _, serial, cost = serial_step(x, h, iterations_evaluations, optimizer)
-            cells.append(f"{cost:.6f}, {serial * 1e6:.0f}")
-        chosen = " (chosen)" if optimizer == OPTIMIZER else ""
-        print(f"| {name}{chosen} | " + " | ".join(cells) + " |")
+        out = Path(tmp) / "c.csv"
+        mpiexec = shutil.which("mpiexec", path=ENV["PATH"])
+        cmd = [mpiexec, "-n", 2, sys.executable, SCRIPTS / "sweep_collectives.py", "--side", side,
+               "--hidden", hidden, "--scales", 0.25, 0.5, 1, 2, "--repeats", 30,
+               "--", patches_path, out]  # fmt: skip
+        subprocess.run([str(c) for c in cmd], env=ENV, check=True, capture_output=True)
+        bench = records.read_csv(out, records.COLLECTIVE_COLUMNS)
+    opt_rows = optimizer.measure(
+        v, hidden, optimizer.owned_counts(Slices(n_params(v, hidden)).count), evaluations
+    )
+    fit = model.fit_model(runs, bench, opt_rows)
+    print(f"\n| {side} x {side} patches, {hidden} hidden, N = {n} | 1 rank | 2 ranks |")
+    print("|---|---:|---:|")
+    med = {}
+    for ranks in (1, 2):
+        mine = [r for r in runs if r["ranks"] == ranks]
+        e = mine[0]["evaluations"]
+        med[ranks] = {
+            k: float(np.median([r[h5io.timing_attr(k, "max")] for r in mine])) / e
+            for k in ("loop", "compute", "comm", "optimizer")
+        }
+    labels = {"loop": "loop", "compute": "compute (slowest rank)", "comm": "collectives, waits included",
+              "optimizer": "optimizer (slowest rank)"}  # fmt: skip
+    for k, label in labels.items():
+        print(f"| {label}, ms per evaluation | {med[1][k] * 1e3:.2f} | {med[2][k] * 1e3:.2f} |")
+    not_compute = 1 - med[2]["compute"] / med[2]["loop"]
+    print(
+        f"| all but the ranks' compute, share of the slowest rank's loop | "
+        f"{100 * (1 - med[1]['compute'] / med[1]['loop']):.1f}% | {100 * not_compute:.1f}% |"
+    )
+    speedup, efficiency = model.predicted_speedup(fit, 16, n, hidden)
+    parts = model.predict(fit, 16, n, hidden)
+    share = {k: float(parts[k] / parts["loop"]) for k in ("compute", "communication", "optimizer")}
+    print(f"\nModel fitted to these runs and the two benchmarks (alpha {fit['alpha'] * 1e6:.2f} µs, "
+          f"beta {fit['beta'] * 1e9:.3f} ns/byte on 2 ranks): on 16 processes at N = {n}, speedup "
+          f"{float(speedup):.1f} (efficiency {float(efficiency):.2f}); the loop is compute "
+          f"{100 * share['compute']:.1f}%, communication {100 * share['communication']:.1f}%, "
+          f"optimizer {100 * share['optimizer']:.1f}%. ({iterations} iterations, median of {repeats} "
+          "alternating runs of each.)")  # fmt: skip
 
 
 def streaming_table(patches_path, n, iterations, cap_mb=4):
@@ -369,9 +360,10 @@ def workflow_seconds():
         subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/filters.png"],
                        cwd=tmp, check=True, capture_output=True)  # fmt: skip
         seconds = time.perf_counter() - start
+        _, attrs = h5io.read_model(Path(tmp) / "results" / "model.h5")
     print(
         "\n`snakemake --cores 2 results/filters.png` from an empty results/, default config: "
-        f"{seconds:.1f} s wall."
+        f"{seconds:.1f} s wall; final cost {attrs['cost']:.6f} after {attrs['evaluations']} evaluations."
     )
 
 
@@ -382,14 +374,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument(
         "--only",
-        help=f"comma-separated tables to run, of {','.join(TABLES)},against (default: all but against)",
+        help=f"comma-separated tables to run, of {','.join(TABLES)} (default: all)",
         default=",".join(TABLES),
     )
-    parser.add_argument("--against", metavar="REV", help="git revision for table 'against' (e.g. HEAD~1)")
+    parser.add_argument(
+        "--against", metavar="REV", help="git revision whose kernel the kernel table also times"
+    )
     args = parser.parse_args()
     tables = set(args.only.split(","))
-    if "against" in tables and not args.against:
-        parser.error("table 'against' needs --against REV")
     sizes = [2000, 8000] if args.quick else [10000, 40000, 160000]
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"numpy {np.__version__}; one BLAS thread per process.")  # fmt: skip
@@ -397,20 +389,24 @@ def main():
         patches_path = Path(tmp) / "patches.h5"
         x_all = make_patches(patches_path, sizes[-1])
         if "kernel" in tables:
-            kernel_table(x_all, sizes, block_size=128)
-        if "step" in tables:
-            evaluations = 30 if args.quick else 100
-            step_table(
-                x_all, sizes[:: len(sizes) - 1], (25, 100), lambda n: evaluations, 1 if args.quick else 2
-            )
-        if "against" in tables:
-            against_table(x_all, sizes[:: len(sizes) - 1], (25, 100), args.against, 60 if args.quick else 400)
-        if "memory" in tables:
-            variants_table(x_all[: sizes[0]], (25, 100), 60 if args.quick else 415)
+            kernel_table(x_all, sizes, block_size=128, against=args.against)
+        if "compile" in tables:
+            compile_table()
+        if "optimizer" in tables:
+            models = [(64, 25), (64, 100)] + ([] if args.quick else [(256, 400)])
+            optimizer_table(models, 40 if args.quick else 300)
         if "mpi" in tables:
             points = [(H, n) for n in sizes] + [(100, sizes[0])]
             mpi_table(
                 patches_path, points, iterations=20 if args.quick else 100, repeats=2 if args.quick else 5
+            )
+        if "large" in tables:
+            large_path = Path(tmp) / "large.h5"
+            n = 1000 if args.quick else LARGE["samples"]
+            make_patches(large_path, n, side=LARGE["side"])
+            LARGE["samples"] = n
+            large_table(
+                large_path, 5 if args.quick else 30, 1 if args.quick else 3, 40 if args.quick else 100
             )
         if "precision" in tables:
             precision_table(patches_path, sizes[0])

@@ -15,12 +15,12 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # this interpreter's bin first
 
 
-def train(patches, out, ranks, iterations, hidden=25, precision="float32", extra=()):
+def train(patches, out, ranks, iterations, hidden=25, precision="float32", extra=(), side=8):
     """Train with the rule's script on ``ranks`` processes started by mpiexec (one rank too:
     the same MPI set-up for every count); returns the model file's attributes."""
     mpiexec = shutil.which("mpiexec", path=ENV["PATH"])
     cmd = [mpiexec, "-n", ranks, sys.executable, SCRIPTS / "train_model.py", patches, out,
-           "--side", 8, "--hidden", hidden, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
+           "--side", side, "--hidden", hidden, "--rho", 0.01, "--lambda", 1e-4, "--beta", 3,
            "--iterations", iterations, "--seed", 0, "--block-size", 128, "--precision", precision,
            *extra]  # fmt: skip
     subprocess.run([str(c) for c in cmd], env=ENV, check=True, capture_output=True)

@@ -93,7 +93,7 @@ def _fit_relative(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     return x
 
 
-def _comm_design(p, buffers_bytes) -> tuple[np.ndarray, np.ndarray]:
+def comm_design(p, buffers_bytes) -> tuple[np.ndarray, np.ndarray]:
     """(steps, bytes received) of one evaluation's collectives: the alpha and beta columns."""
     p = np.asarray(p, dtype=np.float64)
     total_steps = sum(steps(p, b) for b in buffers_bytes)
@@ -112,7 +112,7 @@ def fit_collectives(bench: list[dict]) -> tuple[float, float]:
     p = [r["ranks"] for r in rows]
     columns = ("point_doubles", "sums_doubles", "rows_doubles")
     buffers_bytes = [np.array([DOUBLE * r[k] for r in rows], dtype=np.float64) for k in columns]
-    design = np.column_stack(_comm_design(p, buffers_bytes))
+    design = np.column_stack(comm_design(p, buffers_bytes))
     alpha, beta = _fit_relative(design, np.array([r["seconds"] for r in rows]))
     return float(alpha), float(beta)
 
@@ -214,7 +214,7 @@ def fit_model(runs: list[dict], bench: list[dict], optimizer: list[dict]) -> dic
 
 def comm_time(model: dict, p, hidden):
     """Seconds of one evaluation's three collectives on p ranks for a model of ``hidden`` units."""
-    total_steps, received = _comm_design(p, buffer_bytes(model["side"], hidden, p))
+    total_steps, received = comm_design(p, buffer_bytes(model["side"], hidden, p))
     return total_steps * model["alpha"] + received * model["beta"]
 
 

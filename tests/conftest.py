@@ -74,6 +74,13 @@ def rank_pids(pid):
     return found
 
 
+def rank_of(pid) -> int:
+    """The MPI rank of a rank's process (Hydra's PMI_RANK, or srun's SLURM_PROCID)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return int(env.get(b"PMI_RANK", env.get(b"SLURM_PROCID", b"-1")))
+
+
 def train_args(patches_path, model_path, iterations=15, hidden=25, block_size=128, precision="float32"):
     return [
         SCRIPTS / "train_model.py",

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, env, make_patches_file, mpirun, rank_pids, train_args, unavailable
+from conftest import REPO, env, make_patches_file, mpirun, rank_of, rank_pids, train_args, unavailable
 from sae import SaeError, h5io, labels
 
 ITERATIONS = 200
@@ -126,6 +127,72 @@ def test_ctrl_c_stops_every_rank_at_once_with_a_checkpoint_and_the_resumed_run_i
     assert stopped and "Traceback" not in log, log
     log, model = resume(tmp_path, patches_40k)
     assert f"resumed from iteration {stopped.group(1)}" in log
+    assert_same_bits(model, uninterrupted)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "rank", "sig", "resume_on"),
+    [(2, 1, "SIGTERM", 3), (2, 1, "SIGINT", 1), (3, 2, "SIGTERM", 2), (3, 1, "SIGINT", 2)],
+)
+def test_a_stop_signal_on_one_rank_stops_every_rank_after_that_evaluation_with_a_checkpoint(
+    tmp_path, patches_40k, uninterrupted, ranks, rank, sig, resume_on
+):
+    """Rank ``rank`` alone gets the signal (it sends it to itself, tests/mpi_stop.py) just before
+    evaluation 37: its handler's flag rides in that evaluation's combine, so every rank stops
+    after evaluation 37 exactly; the next run, on another rank count, resumes bit for bit."""
+    args = train_args(patches_40k, tmp_path / "model.h5", iterations=ITERATIONS)
+    args += ["--checkpoint", tmp_path / "ckpt.h5", "--checkpoint-every", 5]
+    proc = mpirun(
+        ranks, REPO / "tests" / "mpi_stop.py", rank, sig, 37, "--", *args[1:], check=False, timeout=120
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr
+    stopped = re.fullmatch(
+        rf"error: stopped by {sig} \(rank {rank} on {re.escape(socket.gethostname())}\) after iteration"
+        rf" (\d+) \(evaluation 37\); checkpoint {re.escape(str(tmp_path / 'ckpt.h5'))} written:"
+        " run again to resume",
+        errors[0],
+    )
+    assert stopped, errors[0]
+    state, history, _, _ = h5io.read_checkpoint(tmp_path / "ckpt.h5")
+    assert state["evaluations"] == 37 and len(history) == int(stopped.group(1)) > 0
+    assert not (tmp_path / "model.h5").exists() and "Traceback" not in proc.stderr
+
+    log, model = resume(tmp_path, patches_40k, resume_on)
+    assert f"resumed from iteration {len(history)}, evaluation 37" in log
+    assert_same_bits(model, uninterrupted)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_on_one_rank_while_loading_stops_every_rank_with_one_line(tmp_path, patches_40k, sig):
+    """The signal reaches rank 1 as it starts reading its patches: all ranks stop once loading ends
+    (they agree on it), one error line, no model, no hang."""
+    args = train_args(patches_40k, tmp_path / "model.h5", iterations=ITERATIONS)
+    proc = mpirun(3, REPO / "tests" / "mpi_stop.py", 1, sig, 0, "--", *args[1:], check=False, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and errors == [
+        f"error: stopped by {sig} (rank 1 on {socket.gethostname()}) while loading the patches"
+    ], proc.stderr
+    assert "iteration" not in proc.stderr and not (tmp_path / "model.h5").exists()
+
+
+def test_sigterm_sent_to_one_nonzero_rank_from_outside_stops_the_training(
+    tmp_path, patches_40k, uninterrupted
+):
+    """As a node's shutdown or an out-of-memory guard would: SIGTERM to rank 1's process alone.
+    Before, that rank swallowed it and the training ran on to the end."""
+    proc = start_training(tmp_path, patches_40k, ranks=2)
+    wait_for_iteration(tmp_path, 15)
+    (victim,) = [pid for pid in rank_pids(proc.pid) if rank_of(pid) == 1]
+    os.kill(victim, signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    log = (tmp_path / "train.log").read_text()
+    stopped = re.search(
+        r"error: stopped by SIGTERM \(rank 1 on [^)]+\) after iteration (\d+) \(evaluation", log
+    )
+    assert stopped and int(stopped.group(1)) < ITERATIONS, log
+    log, model = resume(tmp_path, patches_40k)
+    assert f"resumed from iteration {stopped.group(1)}," in log
     assert_same_bits(model, uninterrupted)
 
 

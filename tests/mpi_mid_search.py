@@ -11,7 +11,7 @@ from pathlib import Path
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
-from sae import train
+from sae import stop, train
 from sae.parallel import gather_hosts
 
 patches, checkpoint, iterations = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -27,17 +27,17 @@ hp = {
 }  # fmt: skip  (as conftest.train_args)
 job = train.Job(patches=patches, model="unused", side=8, checkpoint=checkpoint)
 comm = MPI.COMM_WORLD
-with train.stop_requests() as request:
-    blocks, n_total = train.load(comm, hp, job, request, gather_hosts(comm))
-    objective = train.set_up_objective(comm, blocks, n_total, hp, job, request)
-    training = train.start_or_resume(comm, objective, hp, job, n_total)
-    opt = training.optimizer
-    while not (opt.iterations > 0 and opt.line_evals > 0):  # a second trial of one line search is next
-        assert opt.iterations < iterations, "no line search took two evaluations"
-        objective.gather()
-        if opt.tell(*objective.gradient(opt.gradient)):
-            training.history.append((opt.f, opt.grad_norm, 0.0))  # as train.optimize records it
-    train.save_checkpoint(objective, training, job)
-    objective.close()
+request = stop.install()
+blocks, n_total = train.load(comm, hp, job, request, gather_hosts(comm))
+objective = train.set_up_objective(comm, blocks, n_total, hp, job, request)
+training = train.start_or_resume(comm, objective, hp, job, n_total)
+opt = training.optimizer
+while not (opt.iterations > 0 and opt.line_evals > 0):  # a second trial of one line search is next
+    assert opt.iterations < iterations, "no line search took two evaluations"
+    objective.gather()
+    if opt.tell(*objective.gradient(opt.gradient)):
+        training.history.append((opt.f, opt.grad_norm, 0.0))  # as train.optimize records it
+train.save_checkpoint(objective, training, job)
+objective.close()
 if comm.rank == 0:
     print(f"iteration {opt.iterations} evaluation {opt.evaluations}")

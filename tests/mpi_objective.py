@@ -16,7 +16,8 @@ from mpi4py import MPI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 from sae import slices
 from sae.objective import initial_theta
-from sae.parallel import DistributedObjective, StopRequest
+from sae.parallel import DistributedObjective
+from sae.stop import StopRequest
 from sae.train import Job, load_shard
 
 patches_path, out, block = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -178,6 +178,58 @@ def test_workflow_model_on_two_nodes_equals_the_single_rank_one(workflow_run, tm
     assert same_model(out, workflow_run / "results/model.h5")
 
 
+def test_sigterm_to_one_nodes_ranks_stops_every_rank_with_a_checkpoint(cluster, tmp_path, patches_2000):
+    """node2 is drained: its init system sends SIGTERM to its processes, here its two ranks alone.
+
+    Every rank stops after the evaluation under way, rank 0 (on node1) writes the checkpoint and
+    the error line names node2's ranks; the next run, on one rank here, ends bit for bit where
+    an uninterrupted training does.
+    """
+    iterations, checkpoint, log_path = 2000, tmp_path / "ckpt.h5", tmp_path / "train.log"
+    args = train_args(patches_2000, tmp_path / "model.h5", iterations=iterations)
+    args += ["--checkpoint", checkpoint, "--checkpoint-every", 5]
+    srun = ["srun", "--nodes=2", "--ntasks=4", "--exclusive", "--mpi=pmi2", "--kill-on-bad-exit=1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*srun, sys.executable, *map(str, args)], cwd=tmp_path, env=env(),
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not checkpoint.exists():  # in the loop, on both nodes
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.02)
+            ranks = [p for p in slurm_cluster.node_processes(2) if b"train_model.py" in cmdline(p)]
+            assert len(ranks) == 2
+            for pid in ranks:
+                os.kill(pid, signal.SIGTERM)
+            assert proc.wait(timeout=30) != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log_path.read_text()
+    assert hosts_line(text) == {"node1": "(ranks 0-1)", "node2": "(ranks 2-3)"}
+    stopped = re.search(
+        r"error: stopped by SIGTERM \((ranks 2-3|rank [23]) on node2\) after iteration (\d+) \(evaluation"
+        r" (\d+)\); checkpoint .* written",
+        text,
+    )
+    assert stopped and int(stopped.group(2)) < iterations, text
+    assert not (tmp_path / "model.h5").exists()
+    resumed = run([sys.executable, *args], cwd=tmp_path)
+    assert f"resumed from iteration {stopped.group(2)}, evaluation {stopped.group(3)}" in resumed.stderr
+    run([sys.executable, *train_args(patches_2000, tmp_path / "ref.h5", iterations=iterations)])
+    assert same_model(tmp_path / "model.h5", tmp_path / "ref.h5")
+    with h5py.File(tmp_path / "model.h5") as a, h5py.File(tmp_path / "ref.h5") as b:
+        assert np.array_equal(a["history"][:, :2], b["history"][:, :2])
+
+
+def cmdline(pid) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def slurm_job_state(jobid):
     proc = subprocess.run(["squeue", "-h", "-j", str(jobid), "-o", "%T"], capture_output=True, text=True)
     return proc.stdout.strip()
@@ -263,7 +315,7 @@ def test_a_rank_whose_peer_stops_answering_ends_after_the_timeout(tmp_path, patc
         log.close()
     text = (tmp_path / "train.log").read_text()
     assert re.search(
-        r"error: rank \d on \S+ waited over 2 s in MPI_(Reduce|Bcast): a peer rank is dead", text
+        r"error: rank \d on \S+ waited over 2 s in MPI_(Allgatherv|Reduce_scatter): a peer rank is dead", text
     ), text
     assert not (tmp_path / "model.h5").exists()
 

@@ -471,6 +471,106 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     assert_same_bits(model, read_model(workflow_copy / "ref.h5"))
 
 
+FAULT_SEED = 24  # the fault sequence of the fault-injection test: change it to try another, keep it to replay
+
+
+def training_ranks(pid) -> dict[int, int]:
+    """{rank: pid} of the training's ranks among the processes below ``pid`` (a Snakemake run)."""
+    found = {}
+    for child in rank_pids(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"train_model.py" in f.read():
+                    found[rank_of(child)] = child
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def alive(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def test_ten_random_faults_on_random_ranks_end_in_the_uninterrupted_model(workflow_copy):
+    """Fault injection: ten faults one after another, each a signal drawn from SIGKILL, SIGTERM and
+    SIGINT, sent to a rank drawn at random, at a random moment of an attempt (from its start-up
+    to well into its loop). Snakemake's retries (the rule's two), then new Snakemake runs, carry
+    the training to its end. Each fault ends its attempt within 30 s, and the final model is
+    bitwise the uninterrupted one. The faults come from a Generator seeded with FAULT_SEED; a
+    failure lists them, to replay."""
+    import yaml
+
+    ranks, iterations = 2, 2000
+    config = {"train": {"iterations": iterations, "ranks": ranks, "checkpoint_every": 5}}
+    (workflow_copy / "faults.yaml").write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "results/model.h5",
+        "--cores",
+        "2",
+        "--configfile",
+        "faults.yaml",
+    ]
+    rng = np.random.default_rng(FAULT_SEED)
+    faults, runs = [], []
+    log = open(workflow_copy / "snakemake.out", "w")
+
+    def start():
+        runs.append(subprocess.Popen(cmd, cwd=workflow_copy, env=env(), stdout=log, stderr=subprocess.STDOUT))
+
+    start()
+    try:
+        while len(faults) < 10:
+            deadline = time.monotonic() + 180
+            while len(attempt := training_ranks(runs[-1].pid)) < ranks:  # the next attempt's ranks
+                if runs[-1].poll() is not None:  # this run gave up after its retries: a new run
+                    assert not (workflow_copy / "results" / "model.h5").exists(), (
+                        f"done before 10 faults: {faults}"
+                    )
+                    start()
+                assert time.monotonic() < deadline, f"no attempt within 180 s; faults so far: {faults}"
+                time.sleep(0.01)
+            rank = int(rng.integers(ranks))
+            sig = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT][int(rng.integers(3))]
+            moment = float(rng.uniform(0.2, 1.6))  # seconds after the ranks started
+            time.sleep(moment)
+            sent = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(attempt[rank], sig)
+            while any(alive(pid) for pid in attempt.values()):
+                assert time.monotonic() - sent < 30, (
+                    f"fault {len(faults) + 1} did not end its attempt: {faults}"
+                )
+                time.sleep(0.01)
+            faults.append((rank, sig.name, round(moment, 2), round(time.monotonic() - sent, 2)))
+        while runs[-1].wait(timeout=600) != 0:  # the last fault may have ended a run's last retry
+            assert len(runs) < 20, f"no run finished the training: {faults}"
+            start()
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+        log.close()
+    text = (workflow_copy / "results" / "logs" / "train.log").read_text()
+    assert "resumed from iteration" in text, faults
+    patches = workflow_copy / "results" / "patches.h5"
+    mpirun(ranks, *train_args(patches, workflow_copy / "ref.h5", iterations=iterations))
+    model, reference = (
+        read_model(workflow_copy / "results" / "model.h5"),
+        read_model(workflow_copy / "ref.h5"),
+    )
+    for name in PARAMS:
+        assert model[0][name].tobytes() == reference[0][name].tobytes(), (name, faults)
+    assert np.array_equal(model[0]["history"][:, :2], reference[0]["history"][:, :2]), faults
+    assert model[1]["cost"] == reference[1]["cost"] and len(model[1]["resumed_from"]) >= 1, faults
+
+
 def test_rereading_a_file_cut_short_since_is_one_clear_error(tmp_path):
     """A file truncated after the checked pass: reread's direct reads come up short, one SaeError."""
     patches = make_patches_file(tmp_path / "p.h5", 2 * h5io.ROWS_PER_CHUNK)

@@ -31,6 +31,7 @@ PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "parallel.py",
     "patches.py",
     "slices.py",
+    "stop.py",
     "train.py",
     "sweep/__init__.py",
     "sweep/records.py",

@@ -5,13 +5,16 @@ only its own rows of patches.h5, rank 0 writes the model.
 """
 
 import sae.one_blas_thread  # noqa: F401  (first: one BLAS thread, set before numpy loads)
+from sae import stop
+
+REQUEST = stop.install()  # from here on, SIGTERM and SIGINT stop every rank together (sae.stop)
 
 # isort: split
-import argparse
+import argparse  # noqa: E402  (after install: a signal during the imports is recorded too)
 
-from mpi4py import MPI
+from mpi4py import MPI  # noqa: E402
 
-from sae import cli, parallel, train
+from sae import cli, parallel, train  # noqa: E402
 
 COMM = MPI.COMM_WORLD
 
@@ -61,7 +64,7 @@ def body():
         cores_granted=args.cores_granted,
     )
     with parallel.abort_on_failure(COMM):
-        train.run(COMM, hp, job)
+        train.run(COMM, hp, job, REQUEST)
 
 
 cli.main(body, quiet=COMM.rank != 0)

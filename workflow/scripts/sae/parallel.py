@@ -30,6 +30,7 @@ from .gradient import gradient_slices
 from .lbfgs import sum_rows
 from .objective import BlockKernel, n_params
 from .slices import Slices, row_length
+from .stop import StopRequest
 
 TIMEOUT_ENV, DEFAULT_TIMEOUT = "SAE_MPI_TIMEOUT", 300.0  # seconds one collective may wait
 HOST_BYTES = 256  # a host name's bytes in gather_hosts (Linux allows 64)
@@ -168,7 +169,7 @@ class DistributedObjective:
         self._stop_rows = starts[1:] // columns - 1
         self._slice_rows = np.delete(rows, self._stop_rows)  # every slice's row, in slice order
         self._totals = np.empty(columns)
-        self.request = request  # this rank's stop request (StopRequest)
+        self.request = request  # this rank's stop request (sae.stop)
         self.stops = np.zeros(p, dtype=np.int64)  # every rank's, after the last combine
         self.compute_seconds = self.comm_seconds = 0.0
         self.evaluations = 0
@@ -228,17 +229,6 @@ class DistributedObjective:
         sum_rows(table, self._slice_rows, self._totals)
         self.stops[:] = table[self._stop_rows, 0]
         return self._totals
-
-
-class StopRequest:
-    """The stop signal this rank has received (0: none), set by its signal handler.
-
-    The training's collectives carry it to every rank: ``agree`` while loading, then
-    the optimizer's ``combine`` at every evaluation.
-    """
-
-    def __init__(self):
-        self.signal = 0
 
 
 class Stopped(Exception):

@@ -11,7 +11,6 @@ evaluation under way, with a checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -28,7 +27,6 @@ from .objective import initial_theta, to_blocks, unpack
 from .parallel import (
     DistributedObjective,
     Stopped,
-    StopRequest,
     agree,
     describe_hosts,
     gather_hosts,
@@ -37,6 +35,7 @@ from .parallel import (
     shard,
 )
 from .slices import MAX_SLICES, MEMORY
+from .stop import StopRequest
 
 log = logging.getLogger("sae.train")
 
@@ -211,30 +210,6 @@ def usable_checkpoint(job: Job, run_fingerprint: dict) -> bool:
     return True
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Slurm's time limit, a node's shutdown; Ctrl-C
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """While active, a stop signal is recorded in the yielded StopRequest instead of ending the process.
-
-    The first signal counts. The training's collectives carry every rank's request to
-    all ranks (parallel.agree while loading, the optimizer's combine in the loop), so
-    all stop together, and none is left waiting in a collective for one that is gone.
-    """
-    request = StopRequest()
-
-    def handler(signum, frame):
-        request.signal = request.signal or signum
-
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    try:
-        yield request
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
 def describe_stops(stops: np.ndarray, hosts: list[str]) -> str:
     """'SIGTERM (rank 1 on node2)': each signal received, and the ranks and hosts that received it."""
     parts = []
@@ -255,31 +230,34 @@ class Training:
     fingerprint: dict
 
 
-def run(comm, hp: dict, job: Job) -> None:
+def run(comm, hp: dict, job: Job, request: StopRequest) -> None:
     """Train on all ranks of ``comm``; rank 0 writes job.model.
+
+    request: this rank's stop signals (sae.stop.install, called when the script started).
 
     Raises SaeError on every rank alike for a bad patches file, before any training;
     after a stop signal on any rank, Interrupted on rank 0 (once the checkpoint is
-    written) and SystemExit(1) on the others.
+    written) and SystemExit(0) on the others: they leave quietly, and the job's status is rank 0's
+    (under ``srun --kill-on-bad-exit`` a failing status on another rank could end rank 0 before
+    it has written the checkpoint and its error line).
     """
     wall_start = time.perf_counter()
-    with stop_requests() as request:
-        hosts = gather_hosts(comm)
-        blocks, n_total = load(comm, hp, job, request, hosts)
-        load_seconds = time.perf_counter() - wall_start
-        objective = set_up_objective(comm, blocks, n_total, hp, job, request)
+    hosts = gather_hosts(comm)
+    blocks, n_total = load(comm, hp, job, request, hosts)
+    load_seconds = time.perf_counter() - wall_start
+    objective = set_up_objective(comm, blocks, n_total, hp, job, request)
+    try:
+        training = start_or_resume(comm, objective, hp, job, n_total)
+        comm.Barrier()
+        loop_start = time.perf_counter()
         try:
-            training = start_or_resume(comm, objective, hp, job, n_total)
-            comm.Barrier()
-            loop_start = time.perf_counter()
-            try:
-                optimize(objective, training, hp["iterations"], job, hosts)
-            except Interrupted as err:
-                err.collective = True  # every rank is leaving
-                raise
-            loop_seconds = time.perf_counter() - loop_start
-        finally:
-            objective.close()
+            optimize(objective, training, hp["iterations"], job, hosts)
+        except Interrupted as err:
+            err.collective = True  # every rank is leaving
+            raise
+        loop_seconds = time.perf_counter() - loop_start
+    finally:
+        objective.close()
     timings = gather_timings(comm, objective, load_seconds, loop_seconds)
     x = objective.collect(training.optimizer.x)
     if comm.rank != 0:
@@ -298,7 +276,7 @@ def load(comm, hp: dict, job: Job, request: StopRequest, hosts):
         blocks, n_total = agree(comm, load_shard, comm, job, block, dtype, request=request)
     except Stopped as stop:
         if comm.rank != 0:
-            raise SystemExit(1) from None
+            raise SystemExit(0) from None  # quietly: rank 0 reports (see run)
         raise Interrupted(
             f"stopped by {describe_stops(stop.signals, hosts)} while loading the patches"
         ) from None
@@ -400,7 +378,7 @@ def optimize(objective, training: Training, iterations: int, job: Job, hosts) ->
             if objective.stops.any():
                 saved = save_checkpoint(objective, training, job)
                 if not rank0:
-                    raise SystemExit(1)
+                    raise SystemExit(0)  # quietly: rank 0 reports (see run)
                 raise Interrupted(
                     f"stopped by {describe_stops(objective.stops, hosts)} after iteration {opt.iterations}"
                     f" (evaluation {opt.evaluations})"

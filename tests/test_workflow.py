@@ -177,3 +177,20 @@ def test_more_image_files_than_a_command_line_holds(workflow_copy):
     with h5py.File(workflow_copy / "results" / "images.h5") as f:
         assert len(f["images"]) == len(names)
         assert f["images"]["8999"].attrs["name"] == names[-1]
+
+
+def test_the_reports_larger_case_trains_end_to_end(tmp_path):
+    """config/large.yaml (16 x 16 patches, 400 hidden units), with fewer patches and iterations:
+    the filters figure shows 400 tiles of 16 x 16."""
+    copy_workflow(tmp_path)
+    shorter = write_config(
+        tmp_path / "shorter.yaml", {"patches": {"count": 1000}, "train": {"iterations": 3}}
+    )
+    snakemake(tmp_path, "results/filters.png", "--cores", "2", "--configfile", "config/large.yaml", shorter)
+    with h5py.File(tmp_path / "results" / "model.h5") as f:
+        assert f["W1"].shape == (400, 256) and f.attrs["side"] == 16 and f.attrs["iterations"] == 3
+    assert "400 filters" in (tmp_path / "results" / "logs" / "filters.log").read_text()
+    png = matplotlib.image.imread(tmp_path / "results" / "filters.png")
+    # 20 x 20 tiles of 16 px with 1 px borders: 341 px, upscaled x2 = 682 px; border rows black
+    assert png.shape[:2] == (682, 682)
+    assert all(np.all(png[2 * 17 * k : 2 * 17 * k + 2, :, :3] == 0) for k in range(21))

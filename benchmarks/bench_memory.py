@@ -44,7 +44,8 @@ import yaml
 from common import ENV, REPO, SCRIPTS, same_model, train
 
 from sae import h5io
-from sae.objective import BlockKernel, initial_theta, to_blocks
+from sae.kernel import BlockKernel
+from sae.objective import initial_theta, to_blocks
 from sae.train import StreamedShard
 
 V = 64

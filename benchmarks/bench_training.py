@@ -33,7 +33,7 @@ import sae.one_blas_thread  # noqa: F401  (before numpy: one BLAS thread, as eac
 
 # isort: split
 import argparse
-import importlib.util
+import importlib
 import os
 import platform
 import shutil
@@ -45,6 +45,7 @@ import numpy as np
 from common import ENV, REPO, SCRIPTS, same_model, train
 
 from sae import h5io, images, objective, patches
+from sae.kernel import BlockKernel
 from sae.objective import n_params
 from sae.slices import Slices
 from sae.sweep import model, optimizer, records, scaling
@@ -88,10 +89,10 @@ def make_patches(path: Path, count: int, side: int = 8) -> np.ndarray:
     return data
 
 
-def evaluation(module, x, block_size, dtype, theta):
-    """One evaluation's block sums with ``module``'s BlockKernel (sae.objective, or a revision's)."""
-    kernel = module.BlockKernel(V, H, block_size, dtype)
-    blocks = module.to_blocks(x, block_size, dtype)
+def evaluation(block_kernel, x, block_size, dtype, theta):
+    """One evaluation's block sums with ``block_kernel`` (sae.kernel.BlockKernel, or a revision's)."""
+    kernel = block_kernel(V, H, block_size, dtype)
+    blocks = objective.to_blocks(x, block_size, dtype)
     units = np.zeros(kernel.sums.size)
 
     def run():
@@ -103,33 +104,32 @@ def evaluation(module, x, block_size, dtype, theta):
     return run
 
 
-def revision_module(revision: str, path: str, name: str):
-    """``path`` (under workflow/scripts/sae) as it was at git ``revision``, imported as ``name``."""
-    text = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{revision}:workflow/scripts/sae/{path}"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / f"{name}.py").write_text(text)
-        spec = importlib.util.spec_from_file_location(name, Path(tmp) / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
+def revision_kernel(revision: str):
+    """The BlockKernel class of git ``revision`` (its sae package, imported as sae_then)."""
+    tmp = Path(tempfile.mkdtemp())
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "workflow/scripts/sae"],
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    (tmp / "workflow" / "scripts" / "sae").rename(tmp / "sae_then")
+    sys.path.insert(0, str(tmp))
+    kernel = tmp / "sae_then" / "kernel.py"
+    module = importlib.import_module("sae_then.kernel" if kernel.exists() else "sae_then.objective")
+    return module.BlockKernel
 
 
 def kernel_table(x_all, sizes, block_size, against=None):
     peaks = {np.float64: gemm_peak(np.float64), np.float32: gemm_peak(np.float32)}
     theta = objective.initial_theta(V, H, np.random.default_rng(0))
-    then = revision_module(against, "objective.py", "objective_then") if against else None
+    then = revision_kernel(against) if against else None
     rows = []
     for n in sizes:
         x = x_all[:n].astype(np.float64)
         base = best_seconds(lambda x=x: objective.reference(theta, x, H, *HYPER))
         row = {"N": n, "baseline": base}
         for dtype in (np.float64, np.float32):
-            row[dtype] = best_seconds(evaluation(objective, x, block_size, dtype, theta))
+            row[dtype] = best_seconds(evaluation(BlockKernel, x, block_size, dtype, theta))
         if then is not None:  # alternately: this kernel, the revision's, this one again
-            now_then = [evaluation(m, x, block_size, np.float32, theta) for m in (objective, then)]
+            now_then = [evaluation(k, x, block_size, np.float32, theta) for k in (BlockKernel, then)]
             times = [[], []]
             for _ in range(3):
                 for run, t in zip(now_then, times, strict=True):

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import smooth_images
 from sae import gradient, objective, patches
+from sae.kernel import BlockKernel
 
 RHO, LAM, BETA = 0.01, 1e-4, 3.0
 
@@ -76,7 +77,7 @@ def test_block_sums_add_exactly_in_any_order_and_grouping():
     x = data(1500)
     v, h, block = 64, 25, 100
     full, tail = objective.to_blocks(x[:1450], block)  # 14 blocks and a short one
-    kernel = objective.BlockKernel(v, h, block)
+    kernel = BlockKernel(v, h, block)
     kernel.set_params(random_theta(v, h), 1450, np.abs(x).max())
     per_block = []
     for one in [*full, *tail]:

@@ -24,6 +24,7 @@ PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "gradient.py",
     "h5io.py",
     "images.py",
+    "kernel.py",
     "labels.py",
     "lbfgs.py",
     "objective.py",

@@ -21,7 +21,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .objective import BlockKernel, Sums, n_params, to_blocks
+from .kernel import BlockKernel
+from .objective import Sums, n_params, to_blocks
 from .slices import Slices
 
 

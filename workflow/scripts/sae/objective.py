@@ -23,8 +23,8 @@ back-propagated part and the factor s = a2 (1 - a2) separately,
 
     sum_i delta2 x^T = sum_i (W2^T delta3 . s) x^T  +  k . sum_i s x^T,
 
-and ``finish`` assembles the gradient from the global totals: one reduction per
-evaluation.
+and the gradient is assembled from the global totals (sae.gradient): one reduction
+per evaluation.
 
 Exact, order-free summation: patches are cut into fixed blocks of
 ``block_size`` rows that do not depend on the number of ranks. Each block's
@@ -33,6 +33,10 @@ so that every total over all N patches is an integer number of grid steps
 below 2**51. Every later addition is then exact, so the totals, and the model
 trained from them, are the same bit for bit however the blocks are spread over
 ranks and in whatever order they are added.
+
+This module defines the sums (their layout, their grid) and holds the readable
+reference; sae.kernel computes the sums fast, sae.gradient turns their totals into
+J and its gradient.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ class Sums:
     G2 (v+1, h+1):  sum [d, 1] [t, 1]^T  (last row: sum t, and the count)
     sq (v):         sum (a3 - x)^2, per output unit
 
-    ``finish`` undoes these exact power-of-two scalings. The grid step is one
+    sae.gradient undoes these exact power-of-two scalings. The grid step is one
     value over each of the four parts (rows [:h] of G1, rows [h:], G2, sq).
     """
 
@@ -182,107 +186,6 @@ class Sums:
 def grid_step(bound):
     """2**-50 of the power of two just above ``bound`` (tiny bounds floored at 2**-900)."""
     return np.ldexp(1.0, np.frexp(np.maximum(bound, 2.0**-900))[1] - 50)
-
-
-class BlockKernel:
-    """Partial sums of the objective over fixed blocks of patches, on a grid.
-
-    Work goes in chunks of blocks (see ``to_blocks``): every matrix product
-    is a batch of per-block products of one fixed shape, so a block's sums are
-    the same bits whichever rank and chunk it falls in. ``dtype`` is the
-    compute precision (float32 or float64); the grid and the totals are always
-    float64. Buffers are allocated once; call ``set_params`` once per
-    evaluation, then ``accumulate`` for each array of blocks.
-    """
-
-    def __init__(self, v: int, h: int, block_size: int, dtype=np.float64, chunk_rows: int = 1024):
-        self.v, self.h, self.block_size, self.dtype = v, h, block_size, np.dtype(dtype)
-        self.sums = Sums(v, h)
-        self.chunk_blocks = k = max(1, chunk_rows // block_size)
-        b = block_size
-
-        def buffer(*shape, ones_row=False):
-            out = np.empty(shape, dtype=self.dtype)
-            if ones_row:
-                out[..., -1, :] = 1.0
-            return out
-
-        self.z = buffer(k, h, b)
-        self.te = buffer(k, h + 1, b, ones_row=True)  # [t; 1]
-        self.u = buffer(k, v, b)
-        self.err = buffer(k, v, b)
-        self.de = buffer(k, v + 1, b, ones_row=True)  # [d; 1]
-        self.bs = buffer(k, 2 * h, b)  # [b'; s']
-        self.ones = np.ones((b, 1), dtype=self.dtype)
-        self.parts = buffer(k, self.sums.size)  # one row of sums per block
-        self.rounded = np.empty((k, self.sums.size))
-        self.w1h = buffer(h, v + 1)
-        self.w2h = buffer(v, h + 1)
-        self.w2t = buffer(h, v)
-        self.inv_step = np.empty(self.sums.size)
-        self.step = np.empty(self.sums.size)
-        self.grid_for = None  # (n_total, xmax) the steps were computed for
-
-    def set_params(self, theta: np.ndarray, n_total: int, xmax: float) -> np.ndarray:
-        """Load theta and fix the rounding grid; returns the grid steps (a reused buffer)."""
-        w1, w2, b1, b2 = unpack(theta, self.v, self.h)
-        # z2/2 = [W1 b1]/2 [x; 1] and z3/2 = [W2/4, b2/2 + W2 1/4] [t; 1], since a2 = (1 + t)/2.
-        self.w1h[:, :-1], self.w1h[:, -1] = 0.5 * w1, 0.5 * b1
-        self.w2h[:, :-1], self.w2h[:, -1] = 0.25 * w2, 0.5 * b2 + 0.25 * w2.sum(axis=1)
-        self.w2t[:] = w2.T
-        if self.grid_for != (n_total, xmax):  # fixed for a whole run: computed once
-            self.grid_for = (n_total, xmax)
-            self.step[:] = self.sums.grid(n_total, xmax)
-            np.divide(1.0, self.step, out=self.inv_step)
-        b = self.sums.b_rows
-        self.step[:b] = self.sums.b_step(n_total, xmax, w2)
-        self.inv_step[:b] = 1.0 / self.step[0]
-        return self.step
-
-    def accumulate(self, blocks: np.ndarray, units: np.ndarray) -> None:
-        """Add the sums over ``blocks`` (k, v+1, n), in whole grid steps, to ``units``."""
-        for a in range(0, len(blocks), self.chunk_blocks):
-            self._chunk(blocks[a : a + self.chunk_blocks], units)
-
-    def _chunk(self, x1: np.ndarray, units: np.ndarray) -> None:
-        """Sums for k <= chunk_blocks blocks x1 (k, v+1, n), each rounded onto the grid."""
-        k, n, h, v = x1.shape[0], x1.shape[2], self.h, self.v
-        z, te, u = self.z[:k, :, :n], self.te[:k, :, :n], self.u[:k, :, :n]
-        err, de, bs = self.err[:k, :, :n], self.de[:k, :, :n], self.bs[:k, :, :n]
-        t, d, s = te[:, :h], de[:, :v], bs[:, h:]
-        parts = self.parts[:k]
-        g1, g2, sq = self.sums.views(parts)
-
-        # Forward: t = tanh(z2/2), u = tanh(z3/2).
-        np.matmul(self.w1h, x1, out=z)
-        np.tanh(z, out=t)
-        np.matmul(self.w2h, te, out=u)
-        np.tanh(u, out=u)
-
-        # Output layer: err = a3 - x, d = err (1 - u^2) = 4 delta3.
-        np.multiply(u, 0.5, out=err)
-        err += 0.5
-        err -= x1[:, :v]
-        np.square(u, out=d)
-        np.subtract(1.0, d, out=d)
-        d *= err
-        np.matmul(de, te.transpose(0, 2, 1), out=g2)
-
-        # Hidden layer: s' = 1 - t^2 = 4 s, b' = (W2^T d) s' = 16 (W2^T delta3) s.
-        np.square(t, out=s)
-        np.subtract(1.0, s, out=s)
-        np.matmul(self.w2t, d, out=z)
-        np.multiply(z, s, out=bs[:, :h])
-        np.matmul(bs, x1.transpose(0, 2, 1), out=g1)
-
-        np.square(err, out=err)
-        np.matmul(err, self.ones[:n], out=sq[..., None])
-
-        # Onto the grid, block by block; whole steps add exactly.
-        rounded = self.rounded[:k]
-        np.multiply(parts, self.inv_step, out=rounded)
-        np.rint(rounded, out=rounded)
-        units += rounded.sum(axis=0)
 
 
 def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: float, beta: float):

@@ -27,8 +27,9 @@ from mpi4py import MPI
 from . import SaeError
 from .cli import error_line, flush_logs
 from .gradient import gradient_slices
+from .kernel import BlockKernel
 from .lbfgs import sum_rows
-from .objective import BlockKernel, n_params
+from .objective import n_params
 from .slices import Slices, row_length
 from .stop import StopRequest
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import lbfgs
 from ..gradient import gradient_slices
-from ..objective import BlockKernel, Sums, initial_theta, n_params, to_blocks
+from ..kernel import BlockKernel
+from ..objective import Sums, initial_theta, n_params, to_blocks
 from ..slices import MEMORY, Slices, row_length
 
 PATCHES = 1024  # the block kernel's patches between evaluations

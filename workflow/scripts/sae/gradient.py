@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .kernel import BlockKernel
+from .kernel import BlockKernel, lay_out
 from .objective import Sums, n_params, to_blocks
 from .slices import Slices
 
@@ -111,13 +111,15 @@ def finish(units, step, theta, n: int, v: int, h: int, rho: float, lambda_: floa
     """Cost and gradient from the sums over all n patches (one process's ``units``, in grid steps).
 
     The same arithmetic as the ranks' slices together (gradient_slices on every slice,
-    the slices' parts of J added in slice order). ``units`` is folded in place.
+    the slices' parts of J added in slice order).
     """
     sums, slices = _sums(v, h), Slices(n_params(v, h))
-    sums.fold(units)
+    first, second = sums.aligned_index()
+    aligned = np.empty(first.size)
+    lay_out(units, first, second, aligned)
     out, f_parts = np.empty(slices.padded), np.empty(slices.count)
     f_common = gradient_slices(
-        units[sums.aligned_index()], units[sums.global_index()], theta, 0, slices.padded, step, n, v, h,
+        aligned, units[sums.global_index()], slices.pad(theta), 0, slices.padded, step, n, v, h,
         rho, lambda_, beta, slices.length, out, f_parts,
     )  # fmt: skip
     total = 0.0

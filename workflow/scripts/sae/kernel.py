@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .objective import Sums, unpack
+from .objective import Sums
 
 TYPES = ("f4", "f8")  # float32 and float64 compute precision
 
@@ -66,18 +66,14 @@ class BlockKernel:
         return self._buffers[n]
 
     def set_params(self, theta: np.ndarray, n_total: int, xmax: float) -> np.ndarray:
-        """Load theta and fix the rounding grid; returns the grid steps (a reused buffer)."""
-        w1, w2, b1, b2 = unpack(theta, self.v, self.h)
-        # z2/2 = [W1 b1]/2 [x; 1] and z3/2 = [W2/4, b2/2 + W2 1/4] [t; 1], since a2 = (1 + t)/2.
-        self.w1h[:, :-1], self.w1h[:, -1] = 0.5 * w1, 0.5 * b1
-        self.w2h[:, :-1], self.w2h[:, -1] = 0.25 * w2, 0.5 * b2 + 0.25 * w2.sum(axis=1)
-        self.w2t[:] = w2.T
+        """Load theta (C-contiguous) and fix the rounding grid; returns the grid steps (a reused buffer)."""
+        m = _load_weights(theta, self.v, self.h, self.w1h, self.w2h, self.w2t)
         if self.grid_for != (n_total, xmax):  # fixed for a whole run: computed once
             self.grid_for = (n_total, xmax)
             self.step[:] = self.sums.grid(n_total, xmax)
             np.divide(1.0, self.step, out=self.inv_step)
         b = self.sums.b_rows
-        self.step[:b] = self.sums.b_step(n_total, xmax, w2)
+        self.step[:b] = self.sums.b_step(n_total, xmax, m)
         self.inv_step[:b] = 1.0 / self.step[0]
         return self.step
 
@@ -114,6 +110,50 @@ class BlockKernel:
 
         # Onto the grid, block by block; whole steps add exactly.
         _onto_grid(parts, self.inv_step, units)
+
+
+@njit([f"f8(f8[::1], int64, int64, {t}[:, ::1], {t}[:, ::1], {t}[:, ::1])" for t in TYPES], cache=True)
+def _load_weights(theta, v, h, w1h, w2h, w2t):
+    """The products' weights from theta = [W1, W2, b1, b2] (objective.unpack's order), in the
+    compute precision; returns the max column sum of |W2| (for the b' rows' grid).
+
+    z2/2 = [W1 b1]/2 [x; 1] and z3/2 = [W2/4, b2/2 + W2 1/4] [t; 1], since a2 = (1 + t)/2.
+    """
+    hv = h * v
+    for j in range(h):
+        for i in range(v):
+            w1h[j, i] = 0.5 * theta[j * v + i]
+        w1h[j, v] = 0.5 * theta[2 * hv + j]
+    m = 0.0
+    for j in range(h):
+        column = 0.0
+        for o in range(v):
+            column += abs(theta[hv + o * h + j])
+        m = max(m, column)
+    for o in range(v):
+        row = 0.0
+        for j in range(h):
+            w = theta[hv + o * h + j]
+            w2h[o, j] = 0.25 * w
+            w2t[j, o] = w
+            row += w
+        w2h[o, h] = 0.5 * theta[2 * hv + h + o] + 0.25 * row
+    return m
+
+
+def lay_out(units, first, second, out) -> None:
+    """out[i] = units[first[i]] (+ units[second[i]] where that is not -1): the sums laid out by
+    parameter (objective.Sums.aligned_index), exact (whole grid steps)."""
+    _lay_out(units, first, second, out)
+
+
+@njit("void(f8[::1], int64[::1], int64[::1], f8[::1])", cache=True)
+def _lay_out(units, first, second, out):
+    for i in range(out.size):
+        value = units[first[i]]
+        if second[i] >= 0:
+            value += units[second[i]]
+        out[i] = value
 
 
 @njit([f"void({t}[:, :, ::1], {t}[:, :, ::1], {t}[:, :, ::1], {t}[:, :, ::1], {t}, {t})" for t in TYPES],

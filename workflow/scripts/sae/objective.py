@@ -143,8 +143,9 @@ class Sums:
 
     # By parameter: the totals each parameter's gradient needs, in the parameters' order
     # (W1, W2, b1, b2), so that a run of parameters needs a run of totals. W1[j, i] and b1[j]
-    # need two (rows j and h + j of G1), W2[o, j] one (G2[o, j] + G2[o, h], see ``fold``), b2[o]
-    # one (G2[o, h]). Every parameter also needs the few totals of global_index.
+    # need two (rows j and h + j of G1), W2[o, j] one (G2[o, j] + G2[o, h]: the sum of two
+    # totals, exact since both are whole grid steps), b2[o] one (G2[o, h]). Every parameter
+    # also needs the few totals of global_index.
 
     def position(self, q: int) -> int:
         """Where parameter q's totals start in the by-parameter layout (q = n_params: its size)."""
@@ -152,34 +153,34 @@ class Sums:
         q1, q2, q3 = min(q, hv), min(max(q - hv, 0), hv), min(max(q - 2 * hv, 0), h)
         return 2 * q1 + q2 + 2 * q3 + max(q - 2 * hv - h, 0)
 
-    def aligned_index(self) -> np.ndarray:
-        """The kernel buffer's index of every total in the by-parameter layout."""
+    def aligned_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel buffer's indices of every total in the by-parameter layout: each is the
+        buffer's value at ``first``, plus its value at ``second`` where that is not -1 (W2)."""
         v, h = self.v, self.h
         g1, g2, _ = self.views(np.arange(self.size))
-        return np.concatenate(
+        first = np.concatenate(
             [
                 np.stack([g1[:h, :v], g1[h:, :v]], axis=-1).ravel(),  # W1: b' part, s' part
-                g2[:v, :h].ravel(),  # W2 (folded)
+                g2[:v, :h].ravel(),  # W2: sum d t, then (second) sum d
                 np.stack([g1[:h, v], g1[h:, v]], axis=-1).ravel(),  # b1
                 g2[:v, h],  # b2
             ]
         )
+        second = np.full(first.size, -1)
+        w2 = slice(2 * h * v, 3 * h * v)
+        second[w2] = np.repeat(g2[:v, h], h)
+        return first, second
 
     def global_index(self) -> np.ndarray:
         """The kernel buffer's index of the totals every parameter needs: sum t (rho_hat), sq (the cost)."""
         _, g2, sq = self.views(np.arange(self.size))
         return np.concatenate([g2[self.v, : self.h], sq])
 
-    def fold(self, units: np.ndarray) -> None:
-        """G2[o, j] += G2[o, h] in place: W2's gradient from one total (exact: both are whole grid steps)."""
-        _, g2, _ = self.views(units)
-        g2[: self.v, : self.h] += g2[: self.v, self.h : self.h + 1]
-
     @staticmethod
-    def b_step(n_total: int, xmax: float, w2: np.ndarray) -> float:
-        """Grid step of the b' rows: their bound is (1 + xm) m xm N, m = max column sum of |W2|."""
+    def b_step(n_total: int, xmax: float, m: float) -> float:
+        """Grid step of the b' rows: their bound is (1 + xm) m xm N, m = the max column sum of
+        |W2| (|W2^T d| <= m max|d|)."""
         xm = max(float(xmax), 1.0)
-        m = float(np.abs(w2).sum(axis=0).max())  # |W2^T d| <= m max|d|
         return float(grid_step((1 + xm) * m * xm * n_total))
 
 

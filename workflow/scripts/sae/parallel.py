@@ -27,7 +27,7 @@ from mpi4py import MPI
 from . import SaeError
 from .cli import error_line, flush_logs
 from .gradient import gradient_slices
-from .kernel import BlockKernel
+from .kernel import BlockKernel, lay_out
 from .lbfgs import sum_rows
 from .objective import n_params
 from .slices import Slices, row_length
@@ -149,11 +149,13 @@ class DistributedObjective:
         self._collect_counts = ([b - a for a, b in clipped], [a for a, _ in clipped])
         # 2. the sums: by parameter, each rank's run of them followed by the global ones
         sums = self.kernel.sums
-        aligned, glob = sums.aligned_index(), sums.global_index()
+        (first, second), glob = sums.aligned_index(), sums.global_index()
         runs = [(sums.position(min(a * length, slices.size)), sums.position(min(b * length, slices.size)))
                 for a, b in owned]  # fmt: skip
-        self._send_index = np.concatenate([np.concatenate([aligned[a:b], glob]) for a, b in runs])
-        self._send = np.empty(self._send_index.size)
+        self._send_first = np.concatenate([np.concatenate([first[a:b], glob]) for a, b in runs])
+        none = np.full(glob.size, -1)
+        self._send_second = np.concatenate([np.concatenate([second[a:b], none]) for a, b in runs])
+        self._send = np.empty(self._send_first.size)
         self._recv_counts = [b - a + glob.size for a, b in runs]
         self._recv = np.empty(self._recv_counts[rank])
         self._aligned, self._glob = self._recv[: -glob.size], self._recv[-glob.size :]
@@ -210,8 +212,7 @@ class DistributedObjective:
         self.units[:] = 0.0
         for blocks in self.blocks:
             self.kernel.accumulate(blocks, self.units)
-        self.kernel.sums.fold(self.units)
-        np.take(self.units, self._send_index, out=self._send)
+        lay_out(self.units, self._send_first, self._send_second, self._send)
         self.compute_seconds += time.perf_counter() - start
         self.evaluations += 1
         self._collective(self.comm.Reduce_scatter, self._send, self._recv, self._recv_counts, op=MPI.SUM)

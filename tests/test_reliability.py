@@ -18,6 +18,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from conftest import REPO, env, make_patches_file, mpirun, rank_of, rank_pids, train_args, unavailable
 from sae import SaeError, h5io, labels
@@ -425,25 +426,19 @@ def test_a_full_disk_while_writing_images_keeps_the_earlier_file(tmp_path):
         assert out.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["images.h5"]
 
 
+def snakemake_training(folder, name, config) -> list:
+    """The Snakemake command training results/model.h5 in ``folder`` with ``config`` (written to ``name``)."""
+    (folder / name).write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "snakemake", "results/model.h5", "--cores", "2", "--configfile", name]
+
+
 def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
     """Snakemake's retries: a rank killed mid-training, the next attempt resumes and ends bit for bit."""
-    import yaml
-
     config = {
         "patches": {"count": 40000},
         "train": {"iterations": ITERATIONS, "ranks": 2, "checkpoint_every": 5},
     }
-    (workflow_copy / "small.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "results/model.h5",
-        "--cores",
-        "2",
-        "--configfile",
-        "small.yaml",
-    ]
+    cmd = snakemake_training(workflow_copy, "small.yaml", config)
     proc = subprocess.Popen(cmd, cwd=workflow_copy, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     log_dir = workflow_copy / "results" / "logs"
@@ -454,9 +449,9 @@ def test_workflow_retries_a_killed_training_and_resumes(workflow_copy):
         if done and int(done[-1]) >= 12:  # progress lines come in batches (cli.FLUSH_SECONDS)
             break
         time.sleep(0.02)
-    victims = [p for p in rank_pids(proc.pid) if "train_model.py" in open(f"/proc/{p}/cmdline").read()]
+    victims = training_ranks(proc.pid)
     assert len(victims) == 2
-    os.kill(max(victims), signal.SIGKILL)
+    os.kill(victims[1], signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     log = (log_dir / "train.log").read_text()
@@ -502,21 +497,9 @@ def test_ten_random_faults_on_random_ranks_end_in_the_uninterrupted_model(workfl
     the training to its end. Each fault ends its attempt within 30 s, and the final model is
     bitwise the uninterrupted one. The faults come from a Generator seeded with FAULT_SEED; a
     failure lists them, to replay."""
-    import yaml
-
     ranks, iterations = 2, 2000
     config = {"train": {"iterations": iterations, "ranks": ranks, "checkpoint_every": 5}}
-    (workflow_copy / "faults.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "results/model.h5",
-        "--cores",
-        "2",
-        "--configfile",
-        "faults.yaml",
-    ]
+    cmd = snakemake_training(workflow_copy, "faults.yaml", config)
     rng = np.random.default_rng(FAULT_SEED)
     faults, runs = [], []
     log = open(workflow_copy / "snakemake.out", "w")

@@ -28,6 +28,7 @@ PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "one_blas_thread.py",
     "parallel.py",
     "patches.py",
+    "slurm.py",
     "train.py",
     "sweep/__init__.py",
     "sweep/records.py",

@@ -154,6 +154,19 @@ def write_config(path, *layers: dict):
     return path
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """The session's one run of the small pipeline that tests only read from: `snakemake --cores
+    2 --configfile small.yaml` (the default target: filters.png and training.png) in a workflow
+    copy; (folder, its small.yaml, the CompletedProcess). Tests add files (reports, configs) but
+    change none the run wrote."""
+    folder = tmp_path_factory.mktemp("small_run")
+    copy_workflow(folder)
+    config = write_config(folder / "small.yaml", load_config("small"))
+    proc = snakemake(folder, "--cores", "2", "--configfile", config)
+    return folder, config, proc
+
+
 @pytest.fixture
 def workflow_copy(tmp_path):
     """A temporary copy of the workflow to run Snakemake in."""

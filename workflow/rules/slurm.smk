@@ -9,23 +9,32 @@ from sae import slurm as slurm_nodes
 
 
 def slurm_request(job):
-    """What a job asks Slurm for, as the Slurm executor plugin turns it into sbatch options."""
-    res = job.resources
-    cpus_per_task = res.get("cpus_per_task")
-    if res.get("mpi") and res.get("tasks_per_node"):
-        tasks = res.get("tasks_per_node") * (res.get("nodes") or 1)
+    """What a job asks Slurm for, as the Slurm executor plugin turns it into sbatch options
+    (a resource that is not a positive number counts as not given)."""
+
+    def number(name):
+        value = job.resources.get(name)
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    given = job.resources.get("cpus_per_task")
+    if isinstance(given, int) and given < 0:
+        cpus_per_task = 1  # the plugin then asks for no CPU count: Slurm's default, 1
     else:
-        tasks = res.get("tasks") or 1
+        cpus_per_task = number("cpus_per_task")
+    if job.resources.get("mpi") and number("tasks_per_node"):
+        tasks = number("tasks_per_node") * (number("nodes") or 1)
+    else:
+        tasks = number("tasks") or 1
     return slurm_nodes.Request(
         rule_name=job.rule.name,
-        partition=res.get("slurm_partition") or None,
-        cpus_per_task=max(1, cpus_per_task or job.threads),
-        cpus_from_threads=not cpus_per_task,
+        partition=job.resources.get("slurm_partition") or None,
+        cpus_per_task=cpus_per_task or max(1, job.threads),
+        cpus_from_threads=cpus_per_task is None,
         tasks=tasks,
-        nodes=res.get("nodes"),
-        mem_mb_per_cpu=res.get("mem_mb_per_cpu") or None,
-        mem_mb=res.get("mem_mb") or None,
-        runtime=res.get("runtime") or None,
+        nodes=number("nodes"),
+        mem_mb_per_cpu=number("mem_mb_per_cpu"),
+        mem_mb=number("mem_mb"),
+        runtime=number("runtime"),
     )
 
 

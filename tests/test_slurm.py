@@ -9,7 +9,7 @@ where they must run.
 
 The two workflow runs checked here start in the background as soon as the session's
 cluster is up (conftest.on_cluster_start): they spend most of their time waiting for the
-Slurm executor plugin's next look at the queue, which the other Slurm tests fill.
+Slurm executor plugin's next look at the queue, and the other Slurm tests run meanwhile.
 """
 
 import os

@@ -41,6 +41,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/filters.smk"
 include: "workflow/rules/curve.smk"
 include: "workflow/rules/sweep.smk"
+# On Slurm: jobs that no node can hold are refused before anything is submitted.
+include: "workflow/rules/slurm.smk"
 
 
 rule all:

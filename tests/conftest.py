@@ -161,6 +161,19 @@ def write_config(path, *layers: dict):
     return path
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """The session's one run of the small pipeline that tests only read from: `snakemake --cores
+    2 --configfile small.yaml` (the default target: filters.png and training.png) in a workflow
+    copy; (folder, its small.yaml, the CompletedProcess). Tests add files (reports, configs) but
+    change none the run wrote."""
+    folder = tmp_path_factory.mktemp("small_run")
+    copy_workflow(folder)
+    config = write_config(folder / "small.yaml", load_config("small"))
+    proc = snakemake(folder, "--cores", "2", "--configfile", config)
+    return folder, config, proc
+
+
 @pytest.fixture
 def workflow_copy(tmp_path):
     """A temporary copy of the workflow to run Snakemake in."""
@@ -169,3 +182,54 @@ def workflow_copy(tmp_path):
 
 
 sys.path.insert(0, str(REPO / "tests"))  # slurm_cluster, the test cluster harness
+
+# The session's Slurm cluster: partition debug (the default) of 4-CPU nodes, partition single
+# of one such node, partition small of 1-CPU nodes with 900 MB (the 2015 report's EC2 t2.micro
+# instances). Each partition serves its own tests, so some can run at once.
+SLURM_NODES, SLURM_SINGLE, SLURM_SMALL_NODES = 2, 1, 4
+# (fixture names, start): start(tmp_path_factory) runs as soon as the cluster is up, if a selected
+# test uses one of the fixtures; it starts work in the background and returns its processes.
+_ON_CLUSTER_START = []
+
+
+def on_cluster_start(fixtures, start):
+    """Have the session's cluster call ``start`` once it is up, if a selected test uses one of
+    ``fixtures`` (a module's Snakemake runs on Slurm, which then wait for Slurm beside the other
+    Slurm tests instead of after them); the processes it returns are killed at the end if left."""
+    _ON_CLUSTER_START.append((set(fixtures), start))
+
+
+@pytest.fixture(scope="session")
+def cluster(request, tmp_path_factory):
+    """The test Slurm cluster of tests/slurm_cluster.py, started once for every test that needs
+    one (test_slurm.py, test_multinode.py) and stopped at the end of the session.
+
+    Needs root, Debian's Slurm, iproute2 and network namespaces (each node is a namespace);
+    without them the tests skip with the reason, except in CI (CI=true), where they must run.
+    """
+    import slurm_cluster
+
+    try:
+        slurm_cluster.check_prerequisites(nodes=SLURM_NODES + SLURM_SINGLE + SLURM_SMALL_NODES)
+    except slurm_cluster.ClusterError as err:
+        unavailable(str(err), "the Slurm tests")
+    started = slurm_cluster.start(nodes=SLURM_NODES, single=SLURM_SINGLE, small=SLURM_SMALL_NODES)
+    background = []
+    try:
+        for fixtures, start in _ON_CLUSTER_START:
+            if any(fixtures & set(item.fixturenames) for item in request.session.items):
+                background += start(tmp_path_factory)
+        yield slurm_cluster
+    finally:
+        for proc in background:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if started:
+            slurm_cluster.stop()
+    # the test cluster's slurm.conf is gone (a leftover one slows every later snakemake by 10 s)
+    assert (
+        not started
+        or not slurm_cluster.CONF.exists()
+        or not slurm_cluster.CONF.read_text().startswith(slurm_cluster.CONF_MARK)
+    )

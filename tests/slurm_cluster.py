@@ -19,6 +19,12 @@ waits that long for a controller that no longer runs.
   file system and munged's socket are shared, as a cluster's shared file
   system and its munge key would be. MPI ranks on different nodes talk over
   TCP through the bridge.
+- More partitions (``start(nodes=2, single=1, small=4)``): the ``nodes`` nodes
+  form the default partition, ``debug``; ``single`` more nodes of the same shape
+  form partition ``single`` (a one-node cluster beside it), and ``small`` nodes of
+  SMALL_CPUS CPU and SMALL_MEMORY_MB MB each, the shape of the 2015 report's EC2
+  t2.micro instances (1 vCPU, 1 GiB), partition ``small``. Every node then runs in
+  a namespace, as above, numbered in that order (node1 ... node<all>).
 
 Every process this module starts is recorded in ``STATE`` by PID, name and
 start time, so ``stop()`` stops exactly those (and whatever still runs in its
@@ -26,7 +32,7 @@ namespaces), never a process that merely reuses a PID. ``start()`` refuses a
 Slurm it did not start (a clear error, no waiting); one it started earlier is
 reused if it has the requested shape and works, else replaced.
 
-Usage: python tests/slurm_cluster.py start [NODES]|stop|status
+Usage: python tests/slurm_cluster.py start [NODES [SINGLE [SMALL]]]|stop|status
 """
 
 import json
@@ -56,6 +62,10 @@ NEEDS_RESUME = ("down", "drain", "fail")
 BRIDGE, SUBNET = "saebr0", "10.250.0"
 CONTROLLER_ADDR = f"{SUBNET}.1"
 CPUS_PER_NODE = 4  # claimed (config_overrides), even on 2 cores: a lone node takes a 4-rank job
+# Small nodes (start(small=K)): 1 CPU, and less memory than Slurm can give on a 1 GiB machine
+# once the kernel and the daemons have theirs.
+SMALL_CPUS, SMALL_MEMORY_MB = 1, 900
+PARTITION, SINGLE_PARTITION, SMALL_PARTITION = "debug", "single", "small"
 SLURMD_TIMEOUT = 10  # seconds until slurmctld sets a silent node DOWN (test cluster only)
 # Several nodes: what every task's environment gets (slurmstepd runs TASK_PROLOG, whose
 # "export" lines it applies). The nodes share one kernel, so UCX (the mpich wheel's netmod
@@ -106,7 +116,7 @@ def _must(*args: str) -> None:
         raise ClusterError(f"{' '.join(args)}: {detail}")
 
 
-def _node_states() -> dict[str, str]:
+def node_states() -> dict[str, str]:
     """Map node name to its long state (``*`` suffix: not responding)."""
     if not _ok("scontrol", "ping"):  # fast; sinfo waits ~10 s for a dead controller
         return {}
@@ -118,7 +128,7 @@ def _node_states() -> dict[str, str]:
 
 def running() -> bool:
     """Whether a Slurm controller answers and some node can take jobs."""
-    return any(state in USABLE for state in _node_states().values())
+    return any(state in USABLE for state in node_states().values())
 
 
 # --- processes, identified by PID, name and start time -------------------------------------
@@ -274,29 +284,47 @@ def first_job_id() -> int:
     return 1 + time.time_ns() // 10**7 % 60_000_000
 
 
-def _write_conf(host: str, nodes: int) -> None:
+def _write_conf(host: str, nodes: int, single: int, small: int) -> None:
     """Write slurm.conf and give slurmctld and the slurmds fresh, empty state dirs."""
     shutil.rmtree(BASE / "ctld", ignore_errors=True)
     for old in BASE.glob("d-*"):
         shutil.rmtree(old, ignore_errors=True)
     (BASE / "ctld").mkdir(parents=True)
-    memory = _memory_mb() * 9 // 10 // nodes
-    if nodes == 1:
+    big = nodes + single
+    memory = (_memory_mb() * 9 // 10 - small * SMALL_MEMORY_MB) // big
+    total = big + small
+    if total == 1:
         names = [host]
         controller = host
         node_lines = f"NodeName={host} CPUs={CPUS_PER_NODE} RealMemory={memory} State=UNKNOWN"
+        partitions = (
+            f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE OverSubscribe=NO State=UP"
+        )
     else:
-        names = [node_name(i) for i in range(1, nodes + 1)]
+        names = [node_name(i) for i in range(1, total + 1)]
         controller = f"{host}({CONTROLLER_ADDR})"
         node_lines = "\n".join(
             f"NodeName={node_name(i)} NodeAddr={node_addr(i)} NodeHostname={node_name(i)}"
-            f" CPUs={CPUS_PER_NODE} RealMemory={memory} State=UNKNOWN"
-            for i in range(1, nodes + 1)
+            + (
+                f" CPUs={CPUS_PER_NODE} RealMemory={memory}"
+                if i <= big
+                else f" CPUs={SMALL_CPUS} RealMemory={SMALL_MEMORY_MB}"
+            )
+            + " State=UNKNOWN"
+            for i in range(1, total + 1)
         )
+        partitions = (
+            f"PartitionName={PARTITION} Nodes={','.join(names[:nodes])} Default=YES"
+            " MaxTime=INFINITE OverSubscribe=NO State=UP"
+        )
+        for name, members in ((SINGLE_PARTITION, names[nodes:big]), (SMALL_PARTITION, names[big:])):
+            if members:
+                partitions += f"\nPartitionName={name} Nodes={','.join(members)}"
+                partitions += " MaxTime=INFINITE OverSubscribe=NO State=UP"
     for name in names:
         (BASE / f"d-{name}").mkdir()
     prolog = ""
-    if nodes > 1:
+    if total > 1:
         lines = "".join(f"echo export {k}={v}\n" for k, v in NETWORK_ENV.items())
         TASK_PROLOG.write_text(f"#!/bin/sh\n# Written by tests/slurm_cluster.py\n{lines}")
         TASK_PROLOG.chmod(0o755)
@@ -316,9 +344,10 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 # A node whose slurmd stops answering is DOWN after this many seconds (jobs on it end).
 SlurmdTimeout={SLURMD_TIMEOUT}
-# Reject jobs that can never fit (e.g. --ntasks 5 on 4 CPUs) instead of leaving
-# them pending forever; such jobs need --overcommit.
-EnforcePartLimits=ALL
+# Slurm's default, as at most sites: a job no node of its partition can hold (e.g. 4 CPUs
+# per task on 1-CPU nodes) is accepted and pends for ever, reason PartitionConfig. The
+# workflow refuses such jobs itself before submitting them (workflow/rules/slurm.smk).
+EnforcePartLimits=NO
 # Finished jobs stay visible to squeue (no accounting daemon here) for 5 min.
 MinJobAge=300
 # Job ids differ from those of earlier test clusters (the state is wiped at every start):
@@ -331,10 +360,11 @@ SlurmdPidFile={SLURMD_PID_FILE}
 SlurmctldLogFile={BASE}/slurmctld.log
 SlurmdLogFile={BASE}/slurmd-%n.log
 {prolog}# Each node claims {CPUS_PER_NODE} CPUs (the slurm profile's training uses 4 tasks) even on
-# a 2-core machine: config_overrides makes slurmd trust this file over the hardware.
+# a 2-core machine, a small node {SMALL_CPUS}: config_overrides makes slurmd trust this file
+# over the hardware.
 SlurmdParameters=config_overrides
 {node_lines}
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE OverSubscribe=NO State=UP
+{partitions}
 """
     )
 
@@ -373,6 +403,14 @@ def _setup_network(nodes: int, state: dict) -> None:
         _must("ip", "-n", ns, "route", "add", "default", "via", CONTROLLER_ADDR)
 
 
+def _start_slurmd(i: int, total: int, host: str, state: dict) -> None:
+    """Start node i's slurmd (of ``total`` nodes) and record it in ``state``."""
+    name = host if total == 1 else node_name(i)
+    pid_file = Path(str(SLURMD_PID_FILE).replace("%n", name))
+    state["processes"].append(_start_daemon("slurmd", pid_file, _slurmd_argv(i, total)))
+    _write_state(state)
+
+
 def _slurmd_argv(i: int, nodes: int) -> list[str]:
     if nodes == 1:
         return [PROGRAMS["slurmd"]]
@@ -386,7 +424,7 @@ def _slurmd_argv(i: int, nodes: int) -> list[str]:
 def _wait_until_usable(nodes: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = _node_states()
+        states = node_states()
         if len(states) == nodes and all(state in USABLE for state in states.values()):
             return
         for node, state in states.items():
@@ -396,20 +434,26 @@ def _wait_until_usable(nodes: int, timeout: float) -> None:
     raise ClusterError(f"{nodes} Slurm node(s) did not become idle within {timeout:.0f} s; see {BASE}/*.log")
 
 
-def _ours_and_working(state: dict | None, nodes: int) -> bool:
-    if state is None or state.get("nodes") != nodes:
+def _shape(state: dict) -> tuple[int, int, int]:
+    return state.get("nodes"), state.get("single", 0), state.get("small", 0)
+
+
+def _ours_and_working(state: dict | None, shape: tuple[int, int, int]) -> bool:
+    if state is None or _shape(state) != shape:
         return False
     names = [p["name"] for p in state["processes"] if _is_alive(p)]
-    return names.count("slurmd") == nodes and "slurmctld" in names and running()
+    return names.count("slurmd") == sum(shape) and "slurmctld" in names and running()
 
 
-def start(nodes: int = 1, timeout: float = 60) -> bool:
-    """Start a cluster of ``nodes`` nodes; False if one this module started is already up.
+def start(nodes: int = 1, single: int = 0, small: int = 0, timeout: float = 60) -> bool:
+    """Start a cluster of ``nodes`` nodes (and ``single`` and ``small`` more, in partitions of
+    their own: see above); False if one of that shape this module started is already up.
 
     Raises ClusterError, at once, if a slurmctld or slurmd runs that this
     module did not start: it neither reuses nor stops someone else's Slurm.
     """
-    check_prerequisites(nodes)
+    total = nodes + single + small
+    check_prerequisites(total)
     state = _read_state()
     foreign = _foreign(state)
     if foreign:
@@ -417,26 +461,31 @@ def start(nodes: int = 1, timeout: float = 60) -> bool:
             f"a Slurm not started by tests/slurm_cluster.py is running: {', '.join(foreign)}."
             " Stop it first (the test cluster writes its own slurm.conf and neither reuses nor stops another)"
         )
-    if _ours_and_working(state, nodes):
+    if _ours_and_working(state, (nodes, single, small)):
         return False
     stop()  # leftovers of an earlier start() that are not the cluster asked for
     host = socket.gethostname().split(".")[0]
-    state = {"nodes": nodes, "processes": [], "netns": [], "bridge": None, "conf_before": _machines_conf()}
+    state = {
+        "nodes": nodes,
+        "single": single,
+        "small": small,
+        "processes": [],
+        "netns": [],
+        "bridge": None,
+        "conf_before": _machines_conf(),
+    }
     _write_state(state)
     try:
         if not _pids_named("munged"):  # a running munged (the machine's) is shared
             state["processes"].append(_start_munged())
-        _write_conf(host, nodes)
-        if nodes > 1:
-            _setup_network(nodes, state)
+        _write_conf(host, nodes, single, small)
+        if total > 1:
+            _setup_network(total, state)
         state["processes"].append(_start_daemon("slurmctld", PID_FILES["slurmctld"], [PROGRAMS["slurmctld"]]))
         _write_state(state)
-        for i in range(1, nodes + 1):
-            name = host if nodes == 1 else node_name(i)
-            pid_file = Path(str(SLURMD_PID_FILE).replace("%n", name))
-            state["processes"].append(_start_daemon("slurmd", pid_file, _slurmd_argv(i, nodes)))
-            _write_state(state)
-        _wait_until_usable(nodes, timeout)
+        for i in range(1, total + 1):
+            _start_slurmd(i, total, host, state)
+        _wait_until_usable(total, timeout)
     except ClusterError:
         stop()
         raise
@@ -486,11 +535,26 @@ def node_processes(i: int) -> list[int]:
     raise ClusterError(f"no node {i} started by this module")
 
 
+def revive(i: int, timeout: float = 60) -> None:
+    """Bring back node i after a test took it away (link down, its processes killed): its
+    link up and its slurmd started again, until Slurm has every node usable once more."""
+    state = _read_state()
+    if state is None or not any(ns["name"] == netns(i) for ns in state["netns"]):
+        raise ClusterError(f"no node {i} started by this module")
+    total = sum(_shape(state))
+    _terminate([p for p in map(_identity, node_processes(i)) if p])  # whatever is left of it
+    _must("ip", "link", "set", veth(i), "up")
+    state["processes"] = [p for p in state["processes"] if _is_alive(p)]
+    _start_slurmd(i, total, socket.gethostname().split(".")[0], state)
+    _wait_until_usable(total, timeout)
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else ""
-    if command == "start" and len(argv) <= 2:
-        nodes = int(argv[1]) if len(argv) == 2 else 1
-        print(f"started ({nodes} node(s))" if start(nodes) else "already running (nothing started)")
+    if command == "start" and len(argv) <= 4:
+        nodes, single, small = [int(a) for a in argv[1:]] + [1, 0, 0][len(argv) - 1 :]
+        shape = f"{nodes} node(s)" + (f", {single} single, {small} small" if single or small else "")
+        print(f"started ({shape})" if start(nodes, single, small) else "already running (nothing started)")
     elif command == "stop" and len(argv) == 1:
         print("stopped" if stop() else "nothing started by this module")
     elif command == "status" and len(argv) == 1:

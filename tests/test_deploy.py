@@ -222,22 +222,21 @@ def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_ca
 
     This checkout's files, committed and tagged in a repository of their own, are served by
     a local HTTPS git host; Snakemake clones that into its source cache and runs the
-    workflow from there, with every script and package module it needs.
+    workflow from there, with every script and package module it needs. The repository is
+    built here, so the checkout need not be one (a tree unpacked from `git archive` works).
     """
     for tool in ("git", "openssl"):
         if shutil.which(tool) is None:
             unavailable(f"no {tool} on this machine", "the git-host test")
     source = tmp_path / "source"
-    source.mkdir()
-    tracked = git("ls-files", "-z", cwd=REPO).stdout
-    for name in tracked.split("\0"):
-        if name and (REPO / name).is_file():  # the working tree's version of each file
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
-    git("init", "-q", cwd=source)
-    git("add", "-A", cwd=source)
-    git("commit", "-q", "-m", "the workflow", cwd=source)
-    git("tag", "v1.0", cwd=source)
+    git("init", "-q", source, cwd=tmp_path)
+    # The checkout's files as `git add -A` sees them (its .gitignore applies), each file's
+    # working-tree version; the new repository's index and objects stay in source/.git.
+    in_source = ["--git-dir", source / ".git", "--work-tree", REPO]
+    git(*in_source, "add", "-A", cwd=tmp_path)
+    git(*in_source, "commit", "-q", "-m", "the workflow", cwd=tmp_path)
+    git(*in_source, "tag", "v1.0", cwd=tmp_path)
+    assert "Snakefile" in git(*in_source, "ls-files", cwd=tmp_path).stdout.split()
     hosted = tmp_path / "host" / "lab" / "sae-workflow"
     git("clone", "-q", "--bare", source, hosted, cwd=tmp_path)
     git("update-server-info", cwd=hosted)

@@ -1,12 +1,13 @@
 """More than one machine: a two-node Slurm cluster, a network between the nodes, a lost node.
 
-tests/slurm_cluster.py starts slurmctld and one slurmd per node, each slurmd in a
-network namespace and a UTS namespace of its own (its own address and host name,
-``node1`` and ``node2``), so ranks on different nodes talk TCP through a bridge,
-as across a cluster's network, while sharing the file system and the Python
-environment, as a cluster's shared file system would. Needs root, Slurm and
-iproute2; without them the tests skip with the reason, except in CI (CI=true),
-where they must run. The watchdog test at the end needs only MPI.
+The session's test cluster (conftest.cluster, tests/slurm_cluster.py) runs one slurmd
+per node, each in a network namespace and a UTS namespace of its own (its own address
+and host name), so ranks on different nodes talk TCP through a bridge, as across a
+cluster's network, while sharing the file system and the Python environment, as a
+cluster's shared file system would. These tests use its default partition, debug:
+``node1`` and ``node2``, 4 CPUs each. Needs root, Slurm and iproute2; without them the
+tests skip with the reason, except in CI (CI=true), where they must run. The watchdog
+test at the end needs only MPI.
 """
 
 import os
@@ -47,7 +48,11 @@ HOSTS = re.compile(r"hosts: (.*)")
 def spread_profile(folder, resources):
     """A copy of slurm/config.yaml in folder/<name> whose rules get extra resources (placement)."""
     profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
-    profile["slurm-init-seconds-before-status-checks"] = 1  # a test's jobs take seconds
+    # The plugin looks at the queue this many seconds after a submission, then each time it
+    # finds nothing finished 10 s later than the last time: with 4 s, a test's job (10-15 s
+    # here) is seen done at the second look, after 18 s (with 1 s, one over 12 s at the third,
+    # after 33 s).
+    profile["slurm-init-seconds-before-status-checks"] = 4
     for rule, extra in resources.items():
         profile["set-resources"][rule] = {**profile["set-resources"][rule], **extra}
     (folder / "spread").mkdir()
@@ -80,17 +85,6 @@ def hosts_line(log_text):
 def same_model(a, b):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         return all(np.array_equal(fa[k][()], fb[k][()]) for k in ("W1", "W2", "b1", "b2"))
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    try:
-        slurm_cluster.check_prerequisites(nodes=2)  # e.g. no namespaces in a container without CAP_SYS_ADMIN
-    except slurm_cluster.ClusterError as err:
-        unavailable(str(err), "the multi-node tests")
-    slurm_cluster.start(nodes=2)
-    yield
-    slurm_cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +232,8 @@ def slurm_job_state(jobid):
 def test_a_lost_node_ends_the_job_and_the_retry_resumes_on_the_other(cluster, tmp_path_factory):
     """node2's link goes down and all its processes die mid-training; the retry finishes on node1.
 
-    Runs last: node2 stays lost (the module's cluster is stopped afterwards).
+    Afterwards node2 is brought back (its link up, its slurmd started again) for the session's
+    later tests.
     """
     config = {"patches": {"count": 2000}, "train": {"iterations": 1000, "checkpoint_every": 5}}
     folder = workflow_folder(tmp_path_factory, "lostnode", config, "results/patches.h5")
@@ -278,6 +273,8 @@ def test_a_lost_node_ends_the_job_and_the_retry_resumes_on_the_other(cluster, tm
         if snakemake.poll() is None:
             snakemake.kill()
         out.close()
+        slurm_cluster.revive(2)  # back in the partition for the session's later tests
+    assert slurm_cluster.node_states()["node2"] == "idle"
     text = log.read_text()  # the retry's log: a new Slurm job, on node1 alone
     (retry,) = [
         p.stem for p in (folder / ".snakemake/slurm_logs/rule_train").glob("*.log") if p.stem != str(jobid)

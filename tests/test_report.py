@@ -12,7 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import REPO, snakemake, unavailable
+from conftest import snakemake, unavailable
 from sae import SaeError, curve, h5io, labels
 from sae.sweep import records, scaling
 
@@ -157,12 +157,11 @@ def test_sweep_labels_quote_speedup_efficiency_breakdown_and_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory):
-    """`snakemake --cores 2` (the default target) with the small test config, then `snakemake --report`."""
-    folder = tmp_path_factory.mktemp("report")
-    config = ["--configfile", REPO / "tests" / "configs" / "small.yaml"]
-    snakemake(folder, "-s", REPO / "Snakefile", "--cores", "2", *config)
-    proc = snakemake(folder, "-s", REPO / "Snakefile", *config, "--report", "results/report.html")
+def reported(small_run):
+    """`snakemake --cores 2` (the default target) with the small test config (the session's run,
+    conftest.small_run), then `snakemake --report`."""
+    folder, config, _ = small_run
+    proc = snakemake(folder, "--configfile", config, "--report", "results/report.html")
     return folder, proc
 
 
@@ -187,9 +186,8 @@ def test_report_holds_both_figures_and_no_sweep_before_the_sweep(reported):
 def test_a_report_of_one_figure_links_only_to_what_it_holds(reported):
     """`snakemake results/filters.png --report`: no link to the training curve it does not hold."""
     folder, _ = reported
-    config = ["--configfile", REPO / "tests" / "configs" / "small.yaml"]
     report = folder / "results" / "filters_only.html"
-    proc = snakemake(folder, "-s", REPO / "Snakefile", "results/filters.png", *config, "--report", report)
+    proc = snakemake(folder, "results/filters.png", "--configfile", "small.yaml", "--report", report)
     assert "Adding filters.png" in proc.stderr and "Adding training.png" not in proc.stderr
     assert "ERROR" not in proc.stderr and "System Message" not in report.read_text()
     cost = labels.filters(folder / "results" / "model.h5")["cost"]

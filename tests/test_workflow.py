@@ -21,13 +21,9 @@ def planned_jobs(folder, config):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One full run of the small config with `snakemake --cores 2`."""
-    folder = tmp_path_factory.mktemp("wf")
-    copy_workflow(folder)
-    config = small_config(folder, "small.yaml", {})
-    proc = snakemake(folder, "results/filters.png", "--cores", "2", "--configfile", config)
-    return folder, config, proc
+def pipeline(small_run):
+    """One full run of the small config with `snakemake --cores 2` (the session's, conftest.small_run)."""
+    return small_run
 
 
 def test_end_to_end_outputs(pipeline):

@@ -32,6 +32,7 @@ PACKAGE_MODULES = [  # paths under sae/, subpackages included
     "parallel.py",
     "patches.py",
     "slices.py",
+    "slurm.py",
     "stop.py",
     "train.py",
     "sweep/__init__.py",

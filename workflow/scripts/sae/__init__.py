@@ -7,8 +7,9 @@ cost and gradient, exact block sums), ``parallel`` (the training's MPI), ``train
 (the training curve), the subpackage ``sweep`` (the scaling study: records,
 scaling, model, collectives, plots), and ``labels`` (what the Snakemake report
 states about each output, read from the outputs). Shared: ``h5io`` (HDF5 layout,
-atomic writes), ``cli`` (logging, one-line errors), ``one_blas_thread``. This
-module owns SaeError.
+atomic writes), ``cli`` (logging, one-line errors), ``one_blas_thread``. On Slurm,
+``slurm`` finds the jobs no node can hold before they are submitted. This module owns
+SaeError.
 """
 
 

@@ -35,17 +35,16 @@ def gradient_slices(aligned, glob, theta, lo, hi, step, n, v, h, rho, lambda_, b
     """Cost and gradient from the global sums, for the parameters [lo, hi) (whole slices of ``length``).
 
     aligned: the totals of those parameters (Sums.aligned_index's order, from Sums.position(lo)),
-    glob: the totals every parameter needs (Sums.global_index), both in grid steps; ``step`` the
-    grid (BlockKernel.set_params); theta: the whole parameter vector (at least its first
-    n_params values). Writes the gradient of each parameter into ``out`` (zero past the last
+    glob: the totals every parameter needs (Sums.global_index), both in grid steps; ``step``
+    the grid's four steps (Sums.grid, from BlockKernel.set_params); theta: the whole parameter
+    vector (at least its first n_params values). Writes the gradient of each parameter into ``out`` (zero past the last
     parameter) and, per slice, lambda/2 times its squared weights into ``f_parts``; returns
     the rest of the cost, the same on every rank. J is that plus f_parts summed over all slices.
     """
-    b_rows = h * (v + 1)
     return float(
         _gradient_slices(
             aligned, glob, theta, lo, hi, length, v, h, n, rho, lambda_, beta,
-            step[0], step[b_rows], step[2 * b_rows], step[-1], out, f_parts,
+            step[0], step[1], step[2], step[3], out, f_parts,
         )
     )  # fmt: skip
 

@@ -39,9 +39,8 @@ class BlockKernel:
         self.w1h = np.empty((h, v + 1), dtype=self.dtype)
         self.w2h = np.empty((v, h + 1), dtype=self.dtype)
         self.w2t = np.empty((h, v), dtype=self.dtype)
-        self.inv_step = np.empty(self.sums.size)
-        self.step = np.empty(self.sums.size)
-        self.grid_for = None  # (n_total, xmax) the steps were computed for
+        self.steps = np.empty(4)  # the grid's step of each part of the sums (objective.Sums.grid)
+        self.inv_steps = np.empty(4)
 
     def _widths(self, n: int) -> dict:
         """The buffers for blocks of n patches (C-contiguous, as the compiled loops want them)."""
@@ -66,16 +65,12 @@ class BlockKernel:
         return self._buffers[n]
 
     def set_params(self, theta: np.ndarray, n_total: int, xmax: float) -> np.ndarray:
-        """Load theta (C-contiguous) and fix the rounding grid; returns the grid steps (a reused buffer)."""
+        """Load theta (C-contiguous) and fix the rounding grid; returns the grid's four steps
+        (objective.Sums.grid; a reused buffer)."""
         m = _load_weights(theta, self.v, self.h, self.w1h, self.w2h, self.w2t)
-        if self.grid_for != (n_total, xmax):  # fixed for a whole run: computed once
-            self.grid_for = (n_total, xmax)
-            self.step[:] = self.sums.grid(n_total, xmax)
-            np.divide(1.0, self.step, out=self.inv_step)
-        b = self.sums.b_rows
-        self.step[:b] = self.sums.b_step(n_total, xmax, m)
-        self.inv_step[:b] = 1.0 / self.step[0]
-        return self.step
+        self.steps[:] = self.sums.grid(n_total, xmax, m)
+        np.divide(1.0, self.steps, out=self.inv_steps)
+        return self.steps
 
     def accumulate(self, blocks: np.ndarray, units: np.ndarray) -> None:
         """Add the sums over ``blocks`` (k, v+1, n), in whole grid steps, to ``units``."""
@@ -109,7 +104,7 @@ class BlockKernel:
         np.matmul(err, buf["ones"], out=sq[..., None])
 
         # Onto the grid, block by block; whole steps add exactly.
-        _onto_grid(parts, self.inv_step, units)
+        _onto_grid(parts, self.sums.starts, self.inv_steps, units)
 
 
 @njit([f"f8(f8[::1], int64, int64, {t}[:, ::1], {t}[:, ::1], {t}[:, ::1])" for t in TYPES], cache=True)
@@ -183,10 +178,14 @@ def _hidden_layer(te, z, bs, one):
                 bs[b, j, i] = z[b, j, i] * s
 
 
-@njit([f"void({t}[:, ::1], f8[::1], f8[::1])" for t in TYPES], cache=True)
-def _onto_grid(parts, inv_step, units):
-    """units += each block's row of sums in whole grid steps (rint: ties to even); exact."""
+@njit([f"void({t}[:, ::1], int64[::1], f8[::1], f8[::1])" for t in TYPES], cache=True)
+def _onto_grid(parts, starts, inv_steps, units):
+    """units += each block's row of sums in whole grid steps (rint: ties to even); exact.
+    The parts of a row start at ``starts``, each with its own grid step."""
     k, size = parts.shape
     for b in range(k):
-        for c in range(size):
-            units[c] += np.rint(np.float64(parts[b, c]) * inv_step[c])
+        for part in range(starts.size):
+            inv = inv_steps[part]
+            stop = starts[part + 1] if part + 1 < starts.size else size
+            for c in range(starts[part], stop):
+                units[c] += np.rint(np.float64(parts[b, c]) * inv)

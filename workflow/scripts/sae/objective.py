@@ -41,6 +41,8 @@ J and its gradient.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -103,7 +105,8 @@ class Sums:
     sq (v):         sum (a3 - x)^2, per output unit
 
     sae.gradient undoes these exact power-of-two scalings. The grid step is one
-    value over each of the four parts (rows [:h] of G1, rows [h:], G2, sq).
+    value over each of the four parts (rows [:h] of G1, rows [h:], G2, sq), which
+    start at ``starts``.
     """
 
     def __init__(self, v: int, h: int):
@@ -111,6 +114,7 @@ class Sums:
         self.shapes = [(2 * h, v + 1), (v + 1, h + 1), (v,)]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.size = sum(self.sizes)
+        self.starts = np.array([0, self.b_rows, 2 * self.b_rows, self.size - v], dtype=np.int64)
 
     def views(self, buf: np.ndarray):
         """(G1, G2, sq) as views into buf (..., size); leading axes are kept."""
@@ -120,22 +124,19 @@ class Sums:
             start += size
         return out
 
-    def grid(self, n_total: int, xmax: float) -> np.ndarray:
-        """Power-of-two grid step for every element of the buffer but the b' rows.
+    @staticmethod
+    def grid(n_total: int, xmax: float, m: float) -> tuple[float, float, float, float]:
+        """The power-of-two grid step of each part: b' rows, s' rows, G2, sq.
 
-        Each step is 2**-50 of a bound on the magnitude of that total over all
-        n_total patches (|x| <= xmax, |t|, |u| < 1), so any sum of block
-        values rounded onto it is an exact float64 multiple of the step. The
-        first ``b_rows`` elements (rows [:h] of G1) depend on W2: see ``b_step``.
+        Each step is 2**-50 of a bound on the magnitude of the part's totals over all
+        n_total patches (|x| <= xm = max(xmax, 1), |t|, |u| < 1, and m the max column
+        sum of |W2|, so |W2^T d| <= m max|d|): any sum of block values rounded onto it is
+        an exact float64 multiple of the step. Per patch the bounds are (1 + xm) m xm,
+        xm, 1 + xm and (1 + xm)^2.
         """
         xm = max(float(xmax), 1.0)
-        per_patch = np.empty(self.size)
-        g1, g2, sq = self.views(per_patch)
-        g1[: self.h] = 0.0
-        g1[self.h :] = xm
-        g2[:] = 1 + xm
-        sq[:] = (1 + xm) ** 2
-        return grid_step(per_patch * n_total)
+        per_patch = ((1 + xm) * m * xm, xm, 1 + xm, (1 + xm) ** 2)
+        return tuple(grid_step(bound * n_total) for bound in per_patch)
 
     @property
     def b_rows(self) -> int:
@@ -176,17 +177,10 @@ class Sums:
         _, g2, sq = self.views(np.arange(self.size))
         return np.concatenate([g2[self.v, : self.h], sq])
 
-    @staticmethod
-    def b_step(n_total: int, xmax: float, m: float) -> float:
-        """Grid step of the b' rows: their bound is (1 + xm) m xm N, m = the max column sum of
-        |W2| (|W2^T d| <= m max|d|)."""
-        xm = max(float(xmax), 1.0)
-        return float(grid_step((1 + xm) * m * xm * n_total))
 
-
-def grid_step(bound):
+def grid_step(bound: float) -> float:
     """2**-50 of the power of two just above ``bound`` (tiny bounds floored at 2**-900)."""
-    return np.ldexp(1.0, np.frexp(np.maximum(bound, 2.0**-900))[1] - 50)
+    return math.ldexp(1.0, math.frexp(max(bound, 2.0**-900))[1] - 50)
 
 
 def reference(theta: np.ndarray, x: np.ndarray, h: int, rho: float, lambda_: float, beta: float):

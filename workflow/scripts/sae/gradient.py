@@ -37,9 +37,9 @@ def gradient_slices(aligned, glob, theta, lo, hi, step, n, v, h, rho, lambda_, b
     aligned: the totals of those parameters (Sums.aligned_index's order, from Sums.position(lo)),
     glob: the totals every parameter needs (Sums.global_index), both in grid steps; ``step``
     the grid's four steps (Sums.grid, from BlockKernel.set_params); theta: the whole parameter
-    vector (at least its first n_params values). Writes the gradient of each parameter into ``out`` (zero past the last
-    parameter) and, per slice, lambda/2 times its squared weights into ``f_parts``; returns
-    the rest of the cost, the same on every rank. J is that plus f_parts summed over all slices.
+    vector (at least its first n_params values). Writes the gradient of each parameter into
+    ``out`` (zero past the last parameter) and, per slice, lambda/2 times its squared weights
+    into ``f_parts``; returns the rest of the cost, the same on every rank. J is that plus f_parts summed over all slices.
     """
     return float(
         _gradient_slices(

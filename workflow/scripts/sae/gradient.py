@@ -39,7 +39,8 @@ def gradient_slices(aligned, glob, theta, lo, hi, step, n, v, h, rho, lambda_, b
     the grid's four steps (Sums.grid, from BlockKernel.set_params); theta: the whole parameter
     vector (at least its first n_params values). Writes the gradient of each parameter into
     ``out`` (zero past the last parameter) and, per slice, lambda/2 times its squared weights
-    into ``f_parts``; returns the rest of the cost, the same on every rank. J is that plus f_parts summed over all slices.
+    into ``f_parts``; returns the rest of the cost, the same on every rank. J is that plus
+    f_parts summed over all slices.
     """
     return float(
         _gradient_slices(

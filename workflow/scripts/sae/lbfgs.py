@@ -186,7 +186,9 @@ class LBFGS:
     def _slot(self) -> int:
         """The pair slot the next pair takes: the oldest pair's when all are in use."""
         m = self.settings["memory"]
-        return self.order[0] if len(self.order) == m else min(set(range(m)) - set(self.order))
+        if len(self.order) == m:
+            return self.order[0]
+        return next(slot for slot in range(m) if slot not in self.order)
 
     def tell(self, f_common: float, f_parts: np.ndarray | None = None) -> bool:
         """f at ``point`` is f_common plus f_parts (one value per slice of this rank's, summed
@@ -298,11 +300,8 @@ class LBFGS:
         self.g, self.gradient = self.gradient, self.g
         f_old, self.f, self.gg = self.f, f, float(totals[GG])
         self.iterations += 1
-        against_y = totals[Y : Y + 2 * m]  # every pair row . y
-        if against_y[2 * slot] > EPS * against_y[2 * slot + 1]:  # s^T y > eps y^T y
-            self.sy[slot, :] = 0.0  # the new s against older y: not part of R
-            self.sy[:, slot] = against_y[0::2]
-            self.yy[:, slot] = self.yy[slot, :] = against_y[1::2]
+        if totals[Y + 2 * slot] > EPS * totals[Y + 2 * slot + 1]:  # s^T y > eps y^T y
+            _keep_pair(self.sy, self.yy, slot, totals[Y : Y + 2 * m])
             self.order = [*self.order, slot]
         if self.grad_norm <= self.settings["gtol"]:
             self.phase, self.stop = STOPPED, 1
@@ -353,6 +352,19 @@ def sum_rows(partials, rows, out):
     for k in range(rows.size):
         for c in range(partials.shape[1]):
             out[c] += partials[rows[k], c]
+
+
+@njit("void(f8[:, ::1], f8[:, ::1], int64, f8[::1])", cache=True)
+def _keep_pair(sy, yy, slot, against_y):
+    """S^T Y and Y^T Y with the new pair in ``slot``: against_y[r] is pair row r . y (s of pair i:
+    r = 2i, y: 2i + 1). The new s against older y is not part of R: its row is zero."""
+    m = sy.shape[0]
+    for i in range(m):
+        sy[slot, i] = 0.0
+    for i in range(m):
+        sy[i, slot] = against_y[2 * i]
+        yy[i, slot] = against_y[2 * i + 1]
+        yy[slot, i] = against_y[2 * i + 1]
 
 
 @njit("UniTuple(float64, 2)(float64[::1], float64[::1], float64[::1], int64, int64)", cache=True)

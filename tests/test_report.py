@@ -134,7 +134,7 @@ def test_sweep_labels_quote_speedup_efficiency_breakdown_and_model(tmp_path):
     shares = labels.breakdown(tmp_path / "runtimes.csv")["measured"]
     parts = "compute / imbalance / communication / optimizer"
     assert shares == f"{parts}: 80.0% / 5.0% / 5.0% / 10.0% on 2 ranks (h = 25, N = 2,000)"
-    fit = {"side": 8, "hidden": [16, 25], "alpha": 1.75e-6, "beta": 1.42e-10}
+    fit = {"side": 8, "hidden": [16, 25], "alpha": 1.75e-6, "beta": 1.42e-10, "sharing": 0.12}
     fit.update(compute_per_patch_param=0.0, compute_per_patch=3.05e-7, compute_fixed_param=0.0)
     fit.update(compute_fixed=0.0, optimizer_per_value=0.0, optimizer_fixed=2.17e-4)
     checks = [{"relative_error": 0.012}, {"relative_error": -0.018}]
@@ -148,8 +148,8 @@ def test_sweep_labels_quote_speedup_efficiency_breakdown_and_model(tmp_path):
     )
     assert labels.model(tmp_path / "model.json")["measured"] == (
         "at h = 25: c = 305 ns per patch and evaluation, t_opt = 217 µs on one rank; α = 1.75 µs,"  # noqa: RUF001
-        " β = 0.142 ns/byte; measured loops within ±1.8%; predicted speedup 34.6 on 16 ranks"
-        " (h = 25, N = 10,000), 39.6 on 16 ranks (h = 25, N = 160,000)"
+        " β = 0.142 ns/byte, sharing ω = 0.12; measured loops within ±1.8%; predicted speedup, a core"
+        " per rank: 34.6 on 16 ranks (h = 25, N = 10,000), 39.6 on 16 ranks (h = 25, N = 160,000)"
     )
 
 

@@ -171,13 +171,14 @@ def synthetic(
                 rows = float(model.busiest_rows(n, p, 128))
                 compute = e * (terms["compute_per_patch"] * rows + terms["compute_fixed"])
                 optimizer = e * terms["optimizer"]
+                sharing = truth["sharing"] * (p > 1) * (compute + optimizer)
                 runs.append(
                     run_row(
                         p,
                         n,
                         hidden=h,
                         evaluations=e,
-                        loop=compute + e * terms["communication"] + optimizer,
+                        loop=compute + e * terms["communication"] + optimizer + sharing,
                         compute_seconds_max=compute,
                         compute_seconds_mean=compute,
                         optimizer_seconds_max=optimizer,
@@ -215,6 +216,7 @@ TRUTH = {
     "load_fixed": 2e-3,
     "alpha": 3e-6,
     "beta": 2e-10,
+    "sharing": 0.1,
 }
 
 
@@ -249,6 +251,12 @@ def test_fit_recovers_the_parameters_that_made_the_data():
     assert fit["evaluations"] == {"25": 429.0, "100": 504.0}  # medians over the sizes
     for check in model.validation(fit, runs):
         assert abs(check["relative_error"]) < 1e-6
+    # the fastest of a point's repeats is the one fitted and checked
+    slower = {**runs[0], "repeat": 2, "loop_seconds_max": 2 * runs[0]["loop_seconds_max"]}
+    assert (
+        model.fastest([slower, *runs])[0] == runs[0]
+        and model.fit_model([slower, *runs], bench, optimizer) == fit
+    )
     with pytest.raises(SaeError, match="different side"):
         model.fit_model([*runs, run_row(1, 1000, side=10)], bench, optimizer)
 
@@ -266,6 +274,12 @@ def test_model_predictions_behave():
     )
     assert parts["optimizer"] > model.predict(fit, 8, 1e6, 25)["optimizer"]  # grows with the model
     assert parts["optimizer"] < model.predict(fit, 1, 1e6, 100)["optimizer"]  # shrinks with the ranks
+    shared = model.predict(fit, 8, 1e6, 100, shared=True)
+    assert shared["sharing"] == pytest.approx(0.1 * (parts["compute"] + parts["optimizer"]))
+    assert (
+        model.predicted_speedup(fit, 8, 1e6, 100, shared=True)[0]
+        < model.predicted_speedup(fit, 8, 1e6, 100)[0]
+    )
     assert model.model_sizes([10000, 20000, 40000], 1e8) == [10000, 20000, 40000, 10**5, 10**6, 10**7, 10**8]
 
 

@@ -34,12 +34,13 @@ def body():
         parser.error("--predict-at takes pairs RANKS SAMPLES")
     pairs = zip(args.predict_at[0::2], args.predict_at[1::2], strict=True)
     points = [*pairs, (args.max_ranks, args.max_samples)]
-    predictions = [
-        {"hidden": h, "ranks": int(p), "samples": int(n), "speedup": float(s), "efficiency": float(e)}
-        for h in fit["hidden"]
-        for p, n in points
-        for s, e in [model.predicted_speedup(fit, p, n, h)]
-    ]
+    predictions = []  # speedup on dedicated cores; speedup_shared: ranks taking a machine's every core
+    for h in fit["hidden"]:
+        for p, n in points:
+            s, e = model.predicted_speedup(fit, p, n, h)
+            shared, _ = model.predicted_speedup(fit, p, n, h, shared=True)
+            predictions.append({"hidden": h, "ranks": int(p), "samples": int(n), "speedup": float(s),
+                                "efficiency": float(e), "speedup_shared": float(shared)})  # fmt: skip
     records.write_json(args.fit, {"model": fit, "validation": checks, "predictions": predictions})
     plots.plot_model(fit, runs, args.plot, args.max_ranks, args.max_samples)
     for key, value in fit.items():
@@ -57,7 +58,7 @@ def body():
     for r in predictions:
         print(
             f"h={r['hidden']} p={r['ranks']} N={r['samples']}: predicted speedup {r['speedup']:.1f},"
-            f" efficiency {r['efficiency']:.3f}"
+            f" efficiency {r['efficiency']:.3f}; sharing a machine's cores: {r['speedup_shared']:.1f}"
         )
 
 

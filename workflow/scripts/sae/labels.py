@@ -90,12 +90,13 @@ def model(model_json) -> dict:
     text = (
         f"at h = {h}: c = {1e9 * terms['compute_per_patch']:.0f} ns per patch and evaluation,"
         f" t_opt = {1e6 * terms['optimizer']:.0f} µs on one rank; α = {1e6 * m['alpha']:.2f} µs,"  # noqa: RUF001
-        f" β = {1e9 * m['beta']:.3f} ns/byte; measured loops within ±{100 * worst:.1f}%"
+        f" β = {1e9 * m['beta']:.3f} ns/byte, sharing ω = {m['sharing']:.2f};"  # noqa: RUF001
+        f" measured loops within ±{100 * worst:.1f}%"
     )
     said = [
         f"{r['speedup']:.1f} on {_n(r['ranks'])} ranks ({_problem(r['hidden'], r['samples'])})"
         for r in [r for r in fit.get("predictions", []) if r["hidden"] == h][:-1]
     ]
     if said:
-        text += "; predicted speedup " + ", ".join(said)
+        text += "; predicted speedup, a core per rank: " + ", ".join(said)
     return {"figure": "performance model", "measured": text}

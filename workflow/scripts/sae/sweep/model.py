@@ -24,7 +24,8 @@ optimizer's step on its own slices:
     slices, e(p, h) = k(p) L values: t_opt(e) = t_1 + t_e e, fitted to the optimizer
     benchmark (sae.sweep.optimizer: one rank's step alone, against the values it owns).
 
-Hence
+Hence, with every rank on a core of its own and cores to spare for the rest of the
+machine (the launcher, the operating system),
 
     T(p, N, h) = load(p, N) + E(h) * (c(P) n(p, N) + c0(P) + t_comm(p, h) + t_opt(e(p, h))),
 
@@ -33,18 +34,29 @@ T(1, N, h) / T(p, N, h) and efficiency speedup / p. On many ranks the compute sh
 1/p down to one block, the optimizer to one slice, and what stays is c0, the steps'
 latency (3 ceil(log2 p) alpha) and the fixed part of the optimizer, t_1.
 
-Fitted: c and c0 from the timed runs (compute seconds of the slowest rank per evaluation,
-against n and P), the load terms from the single-process runs (on more ranks the measured
-load also holds the ranks' start-up skew), alpha and beta from the collectives
-microbenchmark (``collectives``) at the sweep's rank counts, t_1 and t_e from the
-optimizer benchmark, all by non-negative least squares of the relative error. With one
-hidden size the split of c and c0 into their P and fixed parts is not determined (any
-split fits); predictions at the measured hidden sizes are.
+  * sharing: when p > 1 ranks take every core of a machine, as on the machine where a
+    sweep runs, each rank's compute and optimizer step take longer (the memory and the
+    caches are shared) and every collective waits for whichever rank the launcher or
+    the operating system held up last: the loop also holds
+        w(p, N, h) = omega * (c(P) n(p, N) + c0(P) + t_opt(e(p, h)))
+    per evaluation, omega a fraction fitted to the multi-rank runs. ``predict`` adds it
+    when asked (``shared``); validation does, since the sweep measured it.
+
+Fitted: to the fastest run of each point's repeats (``fastest``: a busy machine only slows
+a run down, so the fastest is the least disturbed). c and c0 from the single-process runs
+(the compute seconds per evaluation, against n and P: a core of its own), the load terms
+likewise (on more ranks the measured load also holds the ranks' start-up skew), alpha
+and beta from the collectives microbenchmark (``collectives``) at the sweep's rank
+counts, t_1 and t_e from the optimizer benchmark, then omega from the multi-rank runs'
+loops; all by non-negative least squares of the relative error. With one hidden size
+the split of c and c0 into their P and fixed parts is not determined (any split fits);
+predictions at the measured hidden sizes are.
 
 Assumed: no cache or memory effects beyond what was measured (so measure one rank on
-the share of a rank count to predict, e.g. 625 patches for 16 ranks at 10,000), no OS
-noise, no waiting for stragglers; the collectives are the algorithms above, with this
-machine's alpha and beta.
+the share of a rank count to predict, e.g. 625 patches for 16 ranks at 10,000); the
+collectives are the algorithms above, with this machine's alpha and beta; and without
+``shared``, no waiting for stragglers and no sharing of a machine's cores (the 2015
+report's cluster: one process per EC2 instance).
 """
 
 from __future__ import annotations
@@ -56,7 +68,7 @@ import numpy as np
 from .. import SaeError, h5io
 from ..objective import Sums, n_params
 from ..slices import Slices, row_length
-from .scaling import scaling
+from .scaling import LOOP
 
 DOUBLE = 8  # bytes of one value in the collectives' buffers (float64)
 LONG_MESSAGE = 512 * 1024  # bytes from which MPICH's allgather and reduce-scatter take p - 1 steps
@@ -169,29 +181,39 @@ def _unique(runs: list[dict], key: str) -> int:
     return int(values.pop())
 
 
+def fastest(runs: list[dict]) -> list[dict]:
+    """The fastest run (loop seconds of the slowest rank) of each point (hidden, samples, ranks)."""
+    best: dict[tuple, dict] = {}
+    for r in runs:
+        key = (r["hidden"], r["samples"], r["ranks"])
+        if key not in best or r[LOOP] < best[key][LOOP]:
+            best[key] = r
+    return [best[key] for key in sorted(best)]
+
+
 def fit_model(runs: list[dict], bench: list[dict], optimizer: list[dict]) -> dict:
-    """Fit the performance model (see the module docstring) to the timed runs and the two benchmarks.
+    """Fit the performance model (see the module docstring) to the timed runs (the fastest of
+    each point's repeats) and the two benchmarks.
 
     Returns plain numbers (JSON-ready); ``evaluations`` maps str(hidden) to the median E.
     """
+    runs = fastest(runs)
     block, side = _unique(runs, "block_size"), _unique(runs, "side")
-    p = np.array([r["ranks"] for r in runs], dtype=np.float64)
-    n = np.array([r["samples"] for r in runs], dtype=np.float64)
-    e = np.array([r["evaluations"] for r in runs], dtype=np.float64)
-    size = parameters(side, [r["hidden"] for r in runs])
-    rows = busiest_rows(n, p, block)
-    ones = np.ones_like(rows)
-    compute = np.array([r[h5io.timing_attr("compute", "max")] for r in runs]) / e
-    c_param, c_patch, c0_param, c0 = _fit_relative(np.column_stack([rows * size, rows, size, ones]), compute)
-    # Reading the rows, from single-process runs: on more ranks the measured load also holds
-    # the ranks' start-up skew (the first collective waits for the last rank to start).
-    single = np.array([r["ranks"] == 1 for r in runs]) if any(r["ranks"] == 1 for r in runs) else ones > 0
-    load = np.array([r[h5io.timing_attr("load", "max")] for r in runs])
-    load1, load0 = _fit_relative(np.column_stack([rows, ones])[single], load[single])
+    single = [r for r in runs if r["ranks"] == 1]
+    if not single:
+        raise SaeError("no single-process runs: the model's compute is fitted to them")
+    n = np.array([r["samples"] for r in single], dtype=np.float64)
+    e = np.array([r["evaluations"] for r in single], dtype=np.float64)
+    size = parameters(side, [r["hidden"] for r in single])
+    ones = np.ones_like(n)
+    compute = np.array([r[h5io.timing_attr("compute", "max")] for r in single]) / e
+    c_param, c_patch, c0_param, c0 = _fit_relative(np.column_stack([n * size, n, size, ones]), compute)
+    load = np.array([r[h5io.timing_attr("load", "max")] for r in single])
+    load1, load0 = _fit_relative(np.column_stack([n, ones]), load)
     alpha, beta = fit_collectives(bench)
     opt_fixed, opt_value = fit_optimizer(optimizer)
     hidden = sorted({int(r["hidden"]) for r in runs})
-    return {
+    fit = {
         "block_size": block,
         "side": side,
         "hidden": hidden,
@@ -209,7 +231,23 @@ def fit_model(runs: list[dict], bench: list[dict], optimizer: list[dict]) -> dic
         "alpha": alpha,
         "beta": beta,
         "benchmark_ranks": sorted({int(r["ranks"]) for r in bench}),
+        "sharing": 0.0,
     }
+    fit["sharing"] = _fit_sharing(fit, [r for r in runs if r["ranks"] > 1])
+    return fit
+
+
+def _fit_sharing(model: dict, runs: list[dict]) -> float:
+    """omega: how much longer the multi-rank runs' compute and optimizer took than the model
+    without sharing says, as a fraction (their loop = communication + (1 + omega) (compute +
+    optimizer)); 0 without such runs."""
+    if not runs:
+        return 0.0
+    parts = [predict(model, r["ranks"], r["samples"], r["hidden"], r["evaluations"]) for r in runs]
+    own = np.array([float(x["compute"] + x["optimizer"]) for x in parts])
+    rest = np.array([r[LOOP] - float(x["communication"]) for r, x in zip(runs, parts, strict=True)])
+    (factor,) = _fit_relative(own[:, None], rest)
+    return max(float(factor) - 1.0, 0.0)
 
 
 def comm_time(model: dict, p, hidden):
@@ -232,11 +270,12 @@ def per_evaluation(model: dict, hidden, p=1) -> dict:
     }
 
 
-def predict(model: dict, p, n, hidden, evaluations=None) -> dict:
+def predict(model: dict, p, n, hidden, evaluations=None, shared: bool = False) -> dict:
     """Predicted seconds of one run on p ranks, n patches and ``hidden`` units, by part (arrays broadcast).
 
-    evaluations: E, by default the median measured at ``hidden``. Returns load, compute,
-    communication, optimizer, loop (compute + communication + optimizer) and total (load + loop).
+    evaluations: E, by default the median measured at ``hidden``; shared: the p > 1 ranks take
+    every core of a machine (the sharing term). Returns load, compute, communication,
+    optimizer, sharing, loop (the four) and total (load + loop).
     """
     e = (
         model["evaluations"][str(hidden)]
@@ -251,33 +290,36 @@ def predict(model: dict, p, n, hidden, evaluations=None) -> dict:
         "communication": e * terms["communication"] * np.ones_like(rows),
         "optimizer": e * terms["optimizer"] * np.ones_like(rows),
     }
-    parts["loop"] = parts["compute"] + parts["communication"] + parts["optimizer"]
+    many = (np.asarray(p) > 1) & shared
+    parts["sharing"] = model["sharing"] * many * (parts["compute"] + parts["optimizer"])
+    parts["loop"] = parts["compute"] + parts["communication"] + parts["optimizer"] + parts["sharing"]
     parts["total"] = parts["load"] + parts["loop"]
     return parts
 
 
-def predicted_speedup(model: dict, p, n, hidden):
+def predicted_speedup(model: dict, p, n, hidden, shared: bool = False):
     """(speedup, efficiency) the model predicts on p ranks, n patches and ``hidden`` units."""
     p = np.asarray(p, dtype=np.float64)
     t1 = predict(model, 1, n, hidden)["total"]
-    tp = predict(model, p, n, hidden)["total"]
+    tp = predict(model, p, n, hidden, shared=shared)["total"]
     return t1 / tp, t1 / tp / p
 
 
 def validation(model: dict, runs: list[dict]) -> list[dict]:
-    """Measured against predicted loop seconds at every measured point (medians of the repeats)."""
+    """Measured against predicted loop seconds at every measured point (its fastest run), with the
+    sharing the sweep's machine had."""
     out = []
-    for point in scaling(runs):
-        h, n, p = point["hidden"], point["samples"], point["ranks"]
-        predicted = float(predict(model, p, n, h, point["evaluations"])["loop"])
+    for run in fastest(runs):
+        h, n, p = run["hidden"], run["samples"], run["ranks"]
+        predicted = float(predict(model, p, n, h, run["evaluations"], shared=True)["loop"])
         out.append(
             {
                 "hidden": h,
                 "samples": n,
                 "ranks": p,
-                "measured_loop_seconds": point["loop_seconds"],
+                "measured_loop_seconds": run[LOOP],
                 "predicted_loop_seconds": predicted,
-                "relative_error": predicted / point["loop_seconds"] - 1.0,
+                "relative_error": predicted / run[LOOP] - 1.0,
             }
         )
     return out

@@ -270,6 +270,8 @@ def plot_model(model: dict, runs: list[dict], path, max_ranks: int = 1024, max_s
             f"$\\alpha$ = {_si(model['alpha'])}, $\\beta$ = {model['beta'] * 1e9:.3g} ns/byte "
             f"(the collectives measured on {', '.join(str(r) for r in model['benchmark_ranks'])} ranks "
             "of this machine). "
+            f"Lines: a core per rank. Ranks that take every core of a machine, as the measured ones "
+            f"here, also wait $\\omega$ = {model['sharing']:.2f} times their compute and optimizer. "
             "Markers: measured speedup of the optimization loop (speedup.png).",
         ]
     )

@@ -90,7 +90,7 @@ def model(model_json) -> dict:
     text = (
         f"at h = {h}: c = {1e9 * terms['compute_per_patch']:.0f} ns per patch and evaluation,"
         f" t_opt = {1e6 * terms['optimizer']:.0f} µs on one rank; α = {1e6 * m['alpha']:.2f} µs,"  # noqa: RUF001
-        f" β = {1e9 * m['beta']:.3f} ns/byte, sharing ω = {m['sharing']:.2f};"  # noqa: RUF001
+        f" β = {1e9 * m['beta']:.3f} ns/byte, sharing ω = {m['sharing']:.2f};"
         f" measured loops within ±{100 * worst:.1f}%"
     )
     said = [

@@ -22,6 +22,16 @@ sys.path.insert(0, str(SCRIPTS))
 from sae import h5io, patches  # noqa: E402
 
 
+def environments_in_checkout() -> set[str]:
+    """Names of the checkout's folders that are Python environments (a venv's pyvenv.cfg, a
+    conda env's conda-meta/), whatever a user named them: not the project's files."""
+    return {
+        d.name
+        for d in REPO.iterdir()
+        if d.is_dir() and ((d / "pyvenv.cfg").is_file() or (d / "conda-meta").is_dir())
+    }
+
+
 def env():
     """The environment for child processes: this interpreter's bin first."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}

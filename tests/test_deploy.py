@@ -27,6 +27,7 @@ from skimage.io import imsave
 from conftest import (
     REPO,
     copy_workflow,
+    environments_in_checkout,
     load_config,
     run,
     smooth_images,
@@ -58,7 +59,10 @@ def checkout_state():
     """Every path under the checkout with its size and modification time."""
     state = {}
     for root, dirs, files in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in (".git", ".pytest_cache", ".ruff_cache")]
+        skip = {".git", ".pytest_cache", ".ruff_cache"} | (
+            environments_in_checkout() if root == str(REPO) else set()
+        )
+        dirs[:] = [d for d in dirs if d not in skip]
         for name in [*dirs, *files]:
             st = os.lstat(os.path.join(root, name))
             state[os.path.relpath(os.path.join(root, name), REPO)] = (st.st_size, st.st_mtime_ns)
@@ -230,8 +234,11 @@ def test_a_module_from_a_git_host_pinned_to_a_tag_runs_from_snakemakes_source_ca
             unavailable(f"no {tool} on this machine", "the git-host test")
     source = tmp_path / "source"
     git("init", "-q", source, cwd=tmp_path)
-    # The checkout's files as `git add -A` sees them (its .gitignore applies), each file's
-    # working-tree version; the new repository's index and objects stay in source/.git.
+    # The checkout's files as `git add -A` sees them (its .gitignore applies, and a Python
+    # environment created inside it under any name is left out), each file's working-tree
+    # version; the new repository's index and objects stay in source/.git.
+    excluded = "".join(f"/{name}/\n" for name in sorted(environments_in_checkout()))
+    (source / ".git" / "info" / "exclude").write_text(excluded)
     in_source = ["--git-dir", source / ".git", "--work-tree", REPO]
     git(*in_source, "add", "-A", cwd=tmp_path)
     git(*in_source, "commit", "-q", "-m", "the workflow", cwd=tmp_path)

@@ -45,7 +45,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, env, job_counts, load_config, smooth_images, write_config
+from conftest import (
+    REPO,
+    env,
+    environments_in_checkout,
+    job_counts,
+    load_config,
+    smooth_images,
+    write_config,
+)
 
 PAGES = [
     "README.md",
@@ -223,13 +231,16 @@ def fresh_clone(folder: Path) -> Path:
     """The repository as a fresh clone has it, in folder/clone: without .git and what runs leave
     behind."""
     clone = folder / "clone"
-    shutil.copytree(
-        REPO,
-        clone,
-        ignore=shutil.ignore_patterns(
-            ".git", "results", ".snakemake", "__pycache__", ".venv", ".pytest_cache", ".ruff_cache"
-        ),
+    left_behind = shutil.ignore_patterns(
+        ".git", "results", ".snakemake", "__pycache__", ".venv", ".pytest_cache", ".ruff_cache"
     )
+    environments = environments_in_checkout()
+
+    def ignore(path, names):
+        top = environments.intersection(names) if Path(path) == REPO else set()
+        return left_behind(path, names) | top
+
+    shutil.copytree(REPO, clone, ignore=ignore)
     return clone
 
 

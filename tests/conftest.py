@@ -19,7 +19,9 @@ SCRIPTS = REPO / "workflow" / "scripts"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(SCRIPTS))
 
-from sae import h5io, patches  # noqa: E402
+# gradient, kernel and lbfgs are numba-compiled at import: once, here, into the checkout's
+# numba cache (its __pycache__ folders), which copy_workflow copies along.
+from sae import gradient, h5io, kernel, lbfgs, patches  # noqa: E402, F401
 
 
 def environments_in_checkout() -> set[str]:
@@ -129,11 +131,17 @@ def patches_1001(tmp_path_factory):
 
 
 def copy_workflow(folder):
-    """Copy the workflow (Snakefile, workflow/, config/, profiles/) into ``folder``; its Snakefile."""
+    """Copy the workflow (Snakefile, workflow/, config/, profiles/) into ``folder``; its Snakefile.
+
+    The __pycache__ folders come along, with numba's cache of the compiled loops (valid in the
+    copy: it matches a source file by its size and modification time, which the copy keeps), so
+    that a test's run does not spend seconds compiling them again. tests/test_docs.py's fresh
+    clone leaves them out: the first run of a new clone compiles them, as a user's does.
+    """
     for name in ("Snakefile", "workflow", "config", "profiles"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, folder / name)
         else:
             shutil.copy(src, folder / name)
     return folder / "Snakefile"

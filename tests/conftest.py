@@ -4,6 +4,7 @@ Test configs are files under tests/configs/, each runnable by hand (see its head
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,12 @@ def make_patches_file(path, count, side=8, seed=0):
 def patches_1001(tmp_path_factory):
     """1001 patches: not divisible by the block size, nor by 2 or 3 ranks' blocks."""
     return make_patches_file(tmp_path_factory.mktemp("data") / "patches.h5", 1001)
+
+
+def hosts_line(log_text: str) -> dict[str, str]:
+    """A training log's host line ("hosts: node1 (ranks 0-1); node2 (ranks 2-3)") as {host: ranks text}."""
+    (line,) = re.findall(r"hosts: (.*)", log_text)
+    return dict(part.split(" ", 1) for part in line.split("; "))
 
 
 def copy_workflow(folder):

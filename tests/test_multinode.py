@@ -28,6 +28,7 @@ from conftest import (
     REPO,
     copy_workflow,
     env,
+    hosts_line,
     make_patches_file,
     rank_pids,
     run,
@@ -42,7 +43,6 @@ TINY = {
     "train": {"iterations": 20},
     "sweep": {"ranks": [1, 2, 4], "hidden": [25], "sizes": [1000], "repeats": 1, "iterations": 10},
 }
-HOSTS = re.compile(r"hosts: (.*)")
 
 
 def spread_profile(folder, resources):
@@ -74,12 +74,6 @@ def workflow_folder(tmp_path_factory, name, config, *local):
     (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake(folder, "--cores", 2, *local, "--configfile", "tiny.yaml")
     return folder
-
-
-def hosts_line(log_text):
-    """The training log's host line as {host: ranks text}."""
-    (line,) = HOSTS.findall(log_text)
-    return dict(part.split(" ", 1) for part in line.split("; "))
 
 
 def same_model(a, b):

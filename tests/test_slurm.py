@@ -25,7 +25,16 @@ import pytest
 import slurm_cluster
 import yaml
 
-from conftest import REPO, SLURM_NODES, SLURM_SINGLE, SLURM_SMALL_NODES, env, on_cluster_start, run
+from conftest import (
+    REPO,
+    SLURM_NODES,
+    SLURM_SINGLE,
+    SLURM_SMALL_NODES,
+    env,
+    hosts_line,
+    on_cluster_start,
+    run,
+)
 from sae import slurm as slurm_nodes
 
 TINY = {
@@ -78,12 +87,6 @@ def submitted_jobs(folder, popen, out, timeout=900):
         rule = re.search(r"slurm_logs/rule_([a-z_]+)/", log).group(1)
         jobs.setdefault(rule, []).append((int(jobid), log))
     return jobs
-
-
-def hosts(log_text):
-    """The node of each rank, from a training log's host line ("hosts: node4 (rank 0); ...")."""
-    (line,) = re.findall(r"hosts: (.*)", log_text)
-    return [part.split(" ", 1)[0] for part in line.split("; ")]
 
 
 # --- Which jobs no node can hold: the check's reading of sinfo and its rules ---------------------
@@ -316,10 +319,10 @@ def test_on_small_nodes_the_documented_setting_runs_the_workflow_with_tasks_spre
             assert found and found <= SMALL_NODES, (log, found)
     logs = folder / "results" / "logs"
     assert "threads: 1;" in (logs / "images.log").read_text()
-    train = hosts((logs / "train.log").read_text())
+    train = list(hosts_line((logs / "train.log").read_text()))
     assert len(train) == 4 and set(train) <= SMALL_NODES and len(set(train)) == 4
     with h5py.File(folder / "results" / "model.h5") as f:
         assert f.attrs["ranks"] == 4
-    sweep = hosts((logs / "sweep" / "train_p2_h25_n1000_r1.log").read_text())
+    sweep = list(hosts_line((logs / "sweep" / "train_p2_h25_n1000_r1.log").read_text()))
     assert len(set(sweep)) == 2 and set(sweep) <= SMALL_NODES
     assert (folder / "results" / "filters.png").stat().st_size > 0

@@ -68,7 +68,7 @@ import numpy as np
 from .. import SaeError, h5io
 from ..objective import Sums, n_params
 from ..slices import Slices, row_length
-from .scaling import LOOP
+from .scaling import LOOP, by_point
 
 DOUBLE = 8  # bytes of one value in the collectives' buffers (float64)
 LONG_MESSAGE = 512 * 1024  # bytes from which MPICH's allgather and reduce-scatter take p - 1 steps
@@ -183,12 +183,7 @@ def _unique(runs: list[dict], key: str) -> int:
 
 def fastest(runs: list[dict]) -> list[dict]:
     """The fastest run (loop seconds of the slowest rank) of each point (hidden, samples, ranks)."""
-    best: dict[tuple, dict] = {}
-    for r in runs:
-        key = (r["hidden"], r["samples"], r["ranks"])
-        if key not in best or r[LOOP] < best[key][LOOP]:
-            best[key] = r
-    return [best[key] for key in sorted(best)]
+    return [min(repeats, key=lambda r: r[LOOP]) for repeats in by_point(runs).values()]
 
 
 def fit_model(runs: list[dict], bench: list[dict], optimizer: list[dict]) -> dict:

@@ -3,7 +3,7 @@
 Everything is about the optimization loop of the slowest rank (LOOP). A point is
 (hidden units h, training size N, ranks p); speedup S(p, N) = T(1, N) / T(p, N) at
 the same h, with medians over the repeats, efficiency S / p, and the split of the
-loop into compute, load imbalance, communication and rank 0's optimizer. Plain
+loop into compute, load imbalance, communication and the slowest rank's optimizer. Plain
 functions on the row dicts of ``records``.
 """
 
@@ -36,7 +36,7 @@ def grid(rows: list[dict]) -> tuple[list[int], list[int], list[int]]:
     return tuple(sorted({r[key] for r in rows}) for key in ("ranks", "hidden", "samples"))
 
 
-def _points(rows: list[dict]) -> dict[tuple[int, int, int], list[dict]]:
+def by_point(rows: list[dict]) -> dict[tuple[int, int, int], list[dict]]:
     """The rows of each point (hidden, samples, ranks), in that order."""
     out: dict[tuple[int, int, int], list[dict]] = {}
     for r in sorted(rows, key=lambda r: (r["hidden"], r["samples"], r["ranks"])):
@@ -47,7 +47,7 @@ def _points(rows: list[dict]) -> dict[tuple[int, int, int], list[dict]]:
 def median_table(rows: list[dict], hidden: int, key=LOOP):
     """(ranks, sizes, medians[ranks, sizes]) of ``key`` over the repeats at ``hidden``; NaN where not run."""
     ranks, _, sizes = grid(rows)
-    points = _points(rows)
+    points = by_point(rows)
     table = np.full((len(ranks), len(sizes)), np.nan)
     for i, p in enumerate(ranks):
         for j, n in enumerate(sizes):
@@ -72,7 +72,7 @@ def scaling(rows: list[dict], key=LOOP) -> list[dict]:
 
     The baseline is the median of the single-process runs of the same hidden and training size.
     """
-    points = _points(rows)
+    points = by_point(rows)
     out = []
     for (h, n, p), runs in points.items():
         if (h, n, 1) not in points:
@@ -121,7 +121,7 @@ def markdown_table(rows: list[dict], key=LOOP) -> str:
             cells = ["—" if np.isnan(v) else f"{v:.2f} s" for v in values]
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
         lines.append("")
-    repeats = sorted({len(v) for v in _points(rows).values()})
+    repeats = sorted({len(v) for v in by_point(rows).values()})
     evals = evaluations_by_problem(rows)
     iterations = sorted({r["iterations"] for r in rows})
     same = all(len(v) == 1 for v in evals.values())
@@ -157,7 +157,7 @@ def breakdown(rows: list[dict]) -> list[dict]:
     critical path, waiting included). The four add up to ``loop``.
     """
     out = []
-    for (h, n, p), runs in _points(rows).items():
+    for (h, n, p), runs in by_point(rows).items():
         med = {k: float(np.median([r[k] for r in runs])) for k in RUN_COLUMNS if k not in TEXT_COLUMNS}
         loop = med[LOOP]
         compute = med[h5io.timing_attr("compute", "mean")]
